@@ -1,0 +1,134 @@
+"""X-CLIP configurations and the registry of named models.
+
+Shapes follow the released checkpoints (microsoft/VideoX X-CLIP, configs/k400/*.yaml and
+models/xclip.py `build_model`): every attention has width/64 heads, except where a config
+says otherwise (the tiny test model). The released models use prompts_alpha=0.1,
+prompts_layers=2, mit_layers=1; the class defaults in the official code differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+# Official test-time preprocessing (VideoX X-CLIP/datasets/build.py): ImageNet mean/std on 0..255.
+IMAGE_MEAN = (123.675, 116.28, 103.53)
+IMAGE_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class XCLIPConfig:
+    # vision tower (CCT)
+    image_size: int = 224
+    patch_size: int = 32
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    # text tower (CLIP text transformer)
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    vocab_size: int = 49408
+    context_length: int = 77
+    # shared embedding space
+    embed_dim: int = 512
+    # video
+    num_frames: int = 8
+    mit_layers: int = 1
+    mit_heads: int = 8
+    prompt_layers: int = 2
+    prompt_heads: int = 8
+    prompt_alpha: float = 0.1
+    layer_norm_eps: float = 1e-5
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> XCLIPConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown X-CLIP config fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> XCLIPConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _base(patch: int, frames: int) -> XCLIPConfig:
+    return XCLIPConfig(patch_size=patch, num_frames=frames)
+
+
+def _large(frames: int, image_size: int = 224) -> XCLIPConfig:
+    # ViT-L/14: vision 1024 wide, 24 layers, 16 heads; text 768 wide, 12 heads; E = 768, so the
+    # MIT and the prompt generator have 768/64 = 12 heads (official code, not transformers' defaults).
+    return XCLIPConfig(
+        image_size=image_size, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16,
+        text_width=768, text_layers=12, text_heads=12, embed_dim=768,
+        num_frames=frames, mit_heads=12, prompt_heads=12,
+    )
+
+
+# A model small enough for unit tests on a CPU in milliseconds; same architecture, real vocabulary.
+TINY = XCLIPConfig(
+    image_size=32, patch_size=8, vision_width=64, vision_layers=2, vision_heads=2,
+    text_width=64, text_layers=2, text_heads=2, embed_dim=64,
+    num_frames=4, mit_heads=2, prompt_heads=2,
+)
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    config: XCLIPConfig
+    hub_id: str | None  # Hugging Face repo with the released weights, if there is one
+    note: str = ""
+
+
+_ENTRIES = [
+    RegistryEntry("xclip-base-patch32", _base(32, 8), "microsoft/xclip-base-patch32", "Kinetics-400"),
+    RegistryEntry("xclip-base-patch32-16-frames", _base(32, 16), "microsoft/xclip-base-patch32-16-frames",
+                  "Kinetics-400"),
+    RegistryEntry("xclip-base-patch16", _base(16, 8), "microsoft/xclip-base-patch16", "Kinetics-400"),
+    RegistryEntry("xclip-base-patch16-16-frames", _base(16, 16), "microsoft/xclip-base-patch16-16-frames",
+                  "Kinetics-400"),
+    RegistryEntry("xclip-base-patch16-32-frames", _base(16, 32), "microsoft/xclip-base-patch16-zero-shot",
+                  "32 frames; the released 32-frame B/16 weights are the zero-shot (Kinetics-400 pretrain) ones"),
+    RegistryEntry("xclip-base-patch16-kinetics-600", _base(16, 8), "microsoft/xclip-base-patch16-kinetics-600",
+                  "Kinetics-600"),
+    RegistryEntry("xclip-large-patch14", _large(8), "microsoft/xclip-large-patch14", "Kinetics-400"),
+    RegistryEntry("xclip-large-patch14-16-frames", _large(16, 336), "microsoft/xclip-large-patch14-16-frames",
+                  "Kinetics-400, 336 px"),
+    RegistryEntry("xclip-large-patch14-kinetics-600", _large(8), "microsoft/xclip-large-patch14-kinetics-600",
+                  "Kinetics-600"),
+    RegistryEntry("xclip-tiny-test", TINY, None, "random-init test architecture, no weights"),
+]
+REGISTRY: dict[str, RegistryEntry] = {e.name: e for e in _ENTRIES}
+
+
+def list_models() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_entry(name: str) -> RegistryEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model name {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def get_config(name: str) -> XCLIPConfig:
+    return get_entry(name).config

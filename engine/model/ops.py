@@ -1,0 +1,45 @@
+"""The ops layer: the few primitives the X-CLIP model calls, one implementation per backend.
+
+The model (xclip.py and its parts) is written once; a backend changes what these functions
+do (reference PyTorch here, fused Triton kernels in xclip_engine.kernels), never the model.
+Tensors are batch-first: attention inputs are [N, H, L, dh].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class ReferenceOps:
+    """Plain PyTorch: the definition every other backend is tested against."""
+
+    name = "reference"
+
+    @staticmethod
+    def attention(q, k, v, causal: bool = False):
+        # q: [N, H, Lq, dh], k/v: [N, H, Lk, dh] -> [N, H, Lq, dh]
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    @staticmethod
+    def frame_attention(q, k, v, k_msg, v_msg):
+        # Intra-frame attention of X-CLIP's CCT block: each frame's L tokens attend to themselves
+        # and to the frame's message token, appended at the end of the sequence.
+        # q/k/v: [BT, H, L, dh]; k_msg/v_msg: [BT, H, 1, dh] -> [BT, H, L, dh]
+        # The message token's own output is dropped by the block, so no query is needed for it.
+        k = torch.cat([k, k_msg], dim=2)
+        v = torch.cat([v, v_msg], dim=2)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    @staticmethod
+    def layer_norm(x, weight, bias, eps: float):
+        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+    @staticmethod
+    def mlp(x, fc1: torch.nn.Linear, fc2: torch.nn.Linear):
+        # CLIP's MLP: Linear(D, 4D), QuickGELU x*sigmoid(1.702x), Linear(4D, D).
+        h = fc1(x)
+        return fc2(h * torch.sigmoid(1.702 * h))
+
+
+REFERENCE = ReferenceOps()

@@ -1,0 +1,391 @@
+"""Video files -> X-CLIP input: decode only the sampled frames with PyAV, then preprocess.
+
+Official rules (microsoft/VideoX X-CLIP, commit 1744b21), implemented in two sibling modules:
+
+* which frames: ``video_sampling`` (datasets/pipeline.py SampleFrames, datasets/build.py:287,
+  299-300): test-time TSN ``int(i * n / T + n / (2T))``; several clips use the official random
+  multi-view rule, seeded here.
+* resize / crop / normalize and the view order: ``video_transforms`` (build.py:245, 285-298,
+  pipeline.py Resize, CenterCrop, ThreeCrop, Normalize; main.py:203-220).
+
+Decoding (ours; the official loader is decord, DecordInit/DecordDecode, pipeline.py:1766-1855,
+which takes the frame count from ``len(VideoReader)`` (pipeline.py:1808) and fetches
+``container[idx]`` for the sampled indices, frames in presentation order):
+
+* Frame count = the video packets the demuxer can read, found by reading packets without
+  decoding them. For MP4 this equals the header's frame count; for WebM/MKV (no count in the
+  header) and truncated files it is the truth where the header is missing or wrong. Packets cut
+  short by a truncation, or flagged to be discarded by an edit list, are not frames.
+* Frame index = rank of the packet's pts among all pts (presentation order), so B-frame
+  reordering and variable frame rates map exactly; decoded frames are matched by pts.
+* Only what the sampled frames need is decoded: per group of targets, seek to the last keyframe
+  at or before them (in decode order, with pts <= the target's, so open-GOP leading pictures go
+  back one GOP more) and decode forward until the group's last target.
+* Correctness first: when the pts are missing or repeated, or a target does not come out of the
+  decoder (damaged data, a seek that landed wrongly, field-coded streams), decoding falls back to
+  a plain pass from the start, indexing frames in output order. ``read_video`` then re-counts the
+  frames that really decode and samples among those (a truncated file gives the frames that
+  survived); ``read_frames`` raises ``VideoError`` for an index beyond them.
+* Any pixel format becomes RGB24 via FFmpeg's swscale; the display matrix (rotation and flips,
+  e.g. phone videos) is applied so frames are upright, as players and ffmpeg's autorotate show
+  them (decord ignores it). The pixel aspect ratio is ignored, as decord does.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from .video_sampling import sample_clip_indices, sample_indices
+from .video_transforms import (
+    MEAN,
+    STD,
+    center_crop,
+    normalize,
+    parse_views,
+    preprocess,
+    rescaled_size,
+    resize_short_side,
+    resize_target,
+    three_crop,
+    three_crop_offsets,
+)
+
+__all__ = [
+    "MEAN", "STD", "DecodeStats", "VideoError", "apply_display_matrix", "center_crop",
+    "count_frames", "normalize", "parse_views", "preprocess", "read_frames", "read_video",
+    "rescaled_size", "resize_short_side", "resize_target", "sample_clip_indices", "sample_indices",
+    "three_crop", "three_crop_offsets",
+]
+
+_REENCODE = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
+
+
+class VideoError(Exception):
+    """A video file that cannot be used; ``.path`` names it and the message says what to do."""
+
+    def __init__(self, path, message: str = ""):
+        self.path = os.fspath(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}" if message else self.path)
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return type(self), (self.path, self.message)
+
+
+@dataclass
+class DecodeStats:
+    """Counters filled in by ``read_frames`` / ``read_video`` when passed ``stats=``."""
+
+    frames_in_file: int = 0   # the frame count the indices refer to
+    packets_scanned: int = 0  # packets read (not decoded) to count and index the frames
+    frames_decoded: int = 0   # frames that came out of the decoder (the cost)
+    seeks: int = 0
+    full_passes: int = 0      # fallback decodes from the start
+    decode_errors: int = 0    # packets the decoder rejected
+
+
+class _Mismatch(Exception):
+    """A sampled frame did not come out of the decoder where the packet index said it would."""
+
+
+def apply_display_matrix(img: np.ndarray, matrix) -> np.ndarray:
+    """Rotate/flip a decoded HxWxC image upright by an FFmpeg display matrix (9 int32, 16.16).
+
+    The matrix maps a source pixel (x, y) to display (a*x + c*y, b*x + d*y) with
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]; e.g. a 90 degree counter-clockwise
+    display rotation (ffmpeg ``-display_rotation 90``) is a=d=0, b=-1, c=1. Angles that are not
+    multiples of 90 degrees snap to the nearest one. ``None`` leaves the image as it is.
+    """
+    if matrix is None:
+        return img
+    a, b, _, c, d = (float(v) for v in list(matrix)[:5])
+    if abs(a) + abs(d) >= abs(b) + abs(c):  # no transpose: identity, flips or 180 degrees
+        out = img
+        x_flip, y_flip = a < 0, d < 0
+    else:  # a transpose: T[i, j] = img[j, i] realizes x' = y, y' = x
+        out = img.transpose(1, 0, *range(2, img.ndim))
+        x_flip, y_flip = c < 0, b < 0
+    if x_flip:
+        out = out[:, ::-1]
+    if y_flip:
+        out = out[::-1]
+    return np.ascontiguousarray(out) if out is not img else img
+
+
+def _frame_matrix(frame):
+    # Side data is optional metadata: never fail a decode because of it.
+    with contextlib.suppress(Exception):
+        for side in frame.side_data:
+            if getattr(side.type, "name", str(side.type)).endswith("DISPLAYMATRIX"):
+                m = np.frombuffer(bytes(side), dtype=np.int32)
+                return m if m.size >= 9 else None
+    return None
+
+
+def _to_rgb(frame) -> np.ndarray:
+    return apply_display_matrix(frame.to_ndarray(format="rgb24"), _frame_matrix(frame))
+
+
+class _Video:
+    """One open video stream plus its packet index; a context manager."""
+
+    def __init__(self, path, stats: DecodeStats | None = None):
+        self.path = os.fspath(path)
+        self.stats = stats if stats is not None else DecodeStats()
+        if not os.path.exists(self.path):
+            raise VideoError(self.path, "file not found; check the path")
+        if not os.path.isfile(self.path):
+            raise VideoError(self.path, "not a file (a directory?); pass the path of a video file")
+        if os.path.getsize(self.path) == 0:
+            raise VideoError(self.path, "the file is empty (0 bytes); copy or download it again")
+        self.container = None
+        self._open()
+        try:
+            self._scan()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, safe: bool = False) -> None:
+        """(Re)open the file. ``safe``: no frame threading, which can silently drop the frames
+        in flight when a damaged packet fails; used by the fallback passes."""
+        self.close()
+        try:
+            self.container = av.open(self.path, metadata_errors="ignore")
+        except Exception as e:  # noqa: BLE001 - FFmpeg, OS and format-probing errors alike
+            raise VideoError(self.path, f"cannot be opened as a video ({e.__class__.__name__}: {e}); "
+                             "it is damaged, truncated or not a video: download it again or "
+                             + _REENCODE) from None
+        attached = int(getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0))
+        streams = [s for s in self.container.streams.video if not int(s.disposition) & attached]
+        if not streams:
+            self.close()
+            raise VideoError(self.path, "has no video stream (audio only?); pass a video file")
+        self.stream = streams[0]
+        self.stream.thread_type = "SLICE" if safe else "AUTO"
+        for other in self.container.streams:
+            if other is not self.stream:
+                # Let the demuxer skip audio/subtitle data; an optimization only (older PyAV lacks it).
+                with contextlib.suppress(Exception):
+                    other.discard = av.stream.Discard.all
+
+    def close(self) -> None:
+        if getattr(self, "container", None) is not None:
+            self.container.close()
+            self.container = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- index ---------------------------------------------------------------------------------
+    def _scan(self) -> None:
+        """Read (not decode) every video packet: count frames, map pts -> presentation rank."""
+        self.pts, self.dts, keys = [], [], []
+        try:
+            for pkt in self.container.demux(self.stream):
+                if pkt.size == 0 or pkt.is_corrupt or getattr(pkt, "is_discard", False):
+                    continue  # end-of-stream marker, a packet cut by truncation, edit-list cut
+                self.pts.append(pkt.pts)
+                self.dts.append(pkt.dts)
+                keys.append(bool(pkt.is_keyframe))
+        except av.FFmpegError:
+            pass  # a damaged or truncated tail: the packets read so far are the video
+        self.stats.packets_scanned += len(self.pts)
+        self.keyframes = [i for i, k in enumerate(keys) if k]
+        self.exact = bool(self.pts) and None not in self.pts and len(set(self.pts)) == len(self.pts)
+        if self.exact:
+            self.order = sorted(range(len(self.pts)), key=self.pts.__getitem__)  # rank -> packet
+            self.rank = {self.pts[i]: r for r, i in enumerate(self.order)}
+            self.pos_of_pts = {p: i for i, p in enumerate(self.pts)}
+            self.num_frames = len(self.pts)
+        else:
+            self.num_frames = self.count_decodable()
+        if self.num_frames == 0:
+            raise VideoError(self.path, "has a video stream but no decodable frames; " + _REENCODE)
+        self.stats.frames_in_file = self.num_frames
+
+    def _seek_packet(self, pos: int) -> int | None:
+        """Packet to start decoding from for packet ``pos``: the last keyframe before it in decode
+        order whose pts is not after it (None: no such keyframe, decode from the start)."""
+        k = bisect.bisect_right(self.keyframes, pos) - 1
+        while k >= 0 and self.pts[self.keyframes[k]] > self.pts[pos]:
+            k -= 1
+        return self.keyframes[k] if k >= 0 else None
+
+    # -- decoding ------------------------------------------------------------------------------
+    def _decode(self, packet):
+        try:
+            frames = self.stream.decode(packet)
+        except av.FFmpegError:
+            self.stats.decode_errors += 1  # skip a damaged packet, keep decoding the rest
+            return []
+        self.stats.frames_decoded += len(frames)
+        return frames
+
+    def _frames(self, packets=None):
+        """Decoded frames from ``packets`` (default: the demuxer's current position) to the end."""
+        try:
+            for pkt in self.container.demux(self.stream) if packets is None else packets:
+                yield from self._decode(pkt)  # the final empty packet flushes the decoder
+        except av.FFmpegError:
+            yield from self._decode(None)  # damaged tail: flush out what was decoded
+
+    def _packets_from(self, key: int):
+        """Demuxed packets starting at keyframe packet ``key`` or an earlier keyframe.
+
+        Demuxers index by pts (MP4 through its edit list, MKV) or by dts, so we seek to the
+        keyframe's pts and then its dts, and accept a landing only if the first packet read is
+        not after the keyframe; otherwise (or for key -1) decode from the start of the file.
+        """
+        if key >= 0:
+            for ts in dict.fromkeys(t for t in (self.pts[key], self.dts[key]) if t is not None):
+                try:
+                    self.container.seek(ts, stream=self.stream, backward=True)
+                    self.stats.seeks += 1
+                    packets = self.container.demux(self.stream)
+                    first = next(packets, None)
+                except av.FFmpegError:
+                    continue
+                landed = self.pos_of_pts.get(first.pts) if first is not None else None
+                if landed is not None and landed <= key:
+                    return itertools.chain([first], packets)
+        self._open()
+        return self.container.demux(self.stream)
+
+    def read(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Frames at ``indices`` via the packet index and keyframe seeks; raises _Mismatch."""
+        if not self.exact:
+            return self.read_sequential(indices)
+        wanted = set(indices)
+        groups: dict[int, list[int]] = {}
+        for r in sorted(wanted):
+            start = self._seek_packet(self.order[r])
+            groups.setdefault(-1 if start is None else start, []).append(r)
+        got: dict[int, np.ndarray] = {}
+        for start, ranks in sorted(groups.items()):
+            if all(r in got for r in ranks):
+                continue  # already decoded on the way to an earlier group
+            last_pts = self.pts[self.order[ranks[-1]]]
+            for frame in self._frames(self._packets_from(start)):
+                r = self.rank.get(frame.pts)
+                if r in wanted and r not in got:
+                    got[r] = _to_rgb(frame)
+                # Output is in presentation order: past the last target, a missing one is lost.
+                if all(r in got for r in ranks) or (frame.pts is not None and frame.pts > last_pts):
+                    break
+            if not all(r in got for r in ranks):
+                raise _Mismatch
+        return [got[i] for i in indices]
+
+    def count_decodable(self) -> int:
+        """Decode the whole stream once and count the frames that come out."""
+        self._open(safe=True)
+        self.stats.full_passes += 1
+        return sum(1 for _ in self._frames())
+
+    def read_sequential(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Frames at ``indices`` counted in decoder output order, decoding from the start."""
+        self._open(safe=True)
+        self.stats.full_passes += 1
+        wanted, got, seen = set(indices), {}, 0
+        for k, frame in enumerate(self._frames()):
+            seen = k + 1
+            if k in wanted:
+                got[k] = _to_rgb(frame)
+                if len(got) == len(wanted):
+                    break
+        if len(got) < len(wanted):
+            if seen == 0:
+                raise VideoError(self.path, "has a video stream but no decodable frames; " + _REENCODE)
+            raise VideoError(self.path, f"only {seen} frames decode but frame {max(wanted - set(got))} "
+                             "was asked for; the file is damaged: " + _REENCODE)
+        return [got[i] for i in indices]
+
+
+def _check_indices(video: _Video, indices: Sequence[int]) -> list[int]:
+    out = [int(i) for i in indices]
+    bad = [i for i in out if not 0 <= i < video.num_frames]
+    if bad:
+        raise ValueError(f"{video.path}: frame indices {bad[:5]} out of range, the video has "
+                         f"{video.num_frames} frames (0..{video.num_frames - 1})")
+    return out
+
+
+@contextlib.contextmanager
+def _no_av_errors(path):
+    """Last safety net: an FFmpeg error that slipped past the handling above still names the file."""
+    try:
+        yield
+    except av.FFmpegError as e:
+        raise VideoError(path, f"decoding failed ({e.__class__.__name__}: {e}); " + _REENCODE) from None
+
+
+def count_frames(path) -> int:
+    """Number of frames of the video's first video stream (what the sampling indices refer to).
+
+    Counted from the packets without decoding them (a full decode only when the stream has no
+    usable timestamps), so a stream whose packets are all undecodable still reports them; reading
+    it raises ``VideoError``.
+    """
+    with _no_av_errors(path), _Video(path) as video:
+        return video.num_frames
+
+
+def read_frames(path, indices: Sequence[int], *, stats: DecodeStats | None = None) -> list[np.ndarray]:
+    """Decode the frames at 0-based presentation-order ``indices`` (any order, repeats allowed).
+
+    Returns HxWx3 uint8 RGB arrays, upright, in the order of ``indices`` (a repeated index gives
+    the same array object). Raises ``VideoError`` for unusable files and ``ValueError`` for an
+    index outside ``0..count_frames(path) - 1``.
+    """
+    with _no_av_errors(path), _Video(path, stats) as video:
+        indices = _check_indices(video, indices)
+        if not indices:
+            return []
+        try:
+            return video.read(indices)
+        except _Mismatch:
+            return video.read_sequential(indices)
+
+
+def read_video(path, num_frames: int = 8, size: int = 224, views: str = "1x1", *,
+               seed: int | None = 0, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
+               stats: DecodeStats | None = None) -> np.ndarray:
+    """A video file -> X-CLIP input ``[V, num_frames, 3, size, size]`` float32, V = clips x crops.
+
+    ``views``: "1x1" (official single view), "4x3" (official multi-view: 4 clips x 3 crops,
+    V = 12) or any "Nx1" / "Nx3". View ``v`` is crop ``v // N`` of clip ``v % N``; for "4x3" views
+    0-3 are the left (top) crops, 4-7 the right (bottom), 8-11 the middle ones. Average the
+    softmax scores of the views. With N > 1 every clip follows the official random multi-view
+    rule, drawn from ``seed`` (``None``: fresh randomness); N = 1 is deterministic.
+    """
+    num_clips, _ = parse_views(views)
+    if int(num_frames) < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    with _no_av_errors(path), _Video(path, stats) as video:
+        flat = [i for clip in sample_clip_indices(video.num_frames, num_frames, num_clips, seed)
+                for i in clip]
+        try:
+            frames = video.read(flat)
+        except _Mismatch:
+            # The packet index promised frames the decoder did not deliver: count the frames
+            # that really decode and sample among them.
+            n = video.count_decodable()
+            if n == 0:
+                raise VideoError(video.path, "has a video stream but no decodable frames; "
+                                 + _REENCODE) from None
+            video.stats.frames_in_file = n
+            flat = [i for clip in sample_clip_indices(n, num_frames, num_clips, seed) for i in clip]
+            frames = video.read_sequential(flat)
+    return preprocess(frames, size=size, views=views, mean=mean, std=std)

@@ -1,0 +1,52 @@
+"""xclip-engine: X-CLIP video recognition, reference PyTorch model plus fast paths.
+
+The import namespace is `xclip_engine`; its subpackages live in the top-level folders that
+the project's layout names (engine/, kernels/, export/, train/), mapped here with package_dir
+so that nothing generic such as `train` or `export` lands in site-packages.
+"""
+
+from setuptools import setup
+
+SUBPACKAGES = {
+    "xclip_engine": "xclip_engine",
+    "xclip_engine.engine": "engine",
+    "xclip_engine.engine.model": "engine/model",
+    "xclip_engine.engine.checkpoint": "engine/checkpoint",
+    "xclip_engine.kernels": "kernels",
+    "xclip_engine.export": "export",
+    "xclip_engine.train": "train",
+}
+
+setup(
+    name="xclip-engine",
+    version="0.1.0",
+    description="Run and fine-tune X-CLIP video recognition fast, on CPU or GPU",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=list(SUBPACKAGES),
+    package_dir=SUBPACKAGES,
+    package_data={"xclip_engine.engine": ["assets/*.gz", "assets/labels/*.csv", "assets/NOTICE"]},
+    include_package_data=True,
+    install_requires=[
+        # torch is installed first by scripts/setup.sh (the CPU build where there is no GPU);
+        # a range here keeps pip from replacing it with a multi-GB CUDA build.
+        "torch>=2.2",
+        "numpy>=1.24",
+        "av>=12",
+        "opencv-python-headless>=4.8",
+        "ftfy>=6",
+        "regex>=2022",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.20",
+        "click>=8",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4"],
+        # GPU extras (Triton kernels, TensorRT, onnxruntime-gpu, DALI) arrive with their issues.
+        "gpu": [],
+    },
+    entry_points={"console_scripts": ["xclip-engine=xclip_engine.engine.cli:main"]},
+)
