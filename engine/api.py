@@ -48,7 +48,9 @@ class Model:
     def __init__(self, net: XCLIP, tokenizer: ClipTokenizer, device=None, labels=None, origin: str = "",
                  kind: str = "", backend: str = "reference"):
         self.device = _default_device(device)
-        self.net = net.to(self.device).eval()
+        # `net` is the reference XCLIP (any ops backend) or a runtime with the same four calls
+        # (encode_text, encode_video, video_features, __call__) and .config: ONNX Runtime, TensorRT.
+        self.net = net.to(self.device).eval() if isinstance(net, torch.nn.Module) else net
         self.tokenizer = tokenizer
         self.labels = list(labels) if labels else None    # the label set a fine-tuned model came with
         self.origin, self.kind, self.backend = origin, kind, backend
@@ -164,13 +166,26 @@ class Model:
 
 def load(source, backend: str = "reference", device=None, arch: str | None = None,
          random_init: bool = False) -> Model:
-    """Load X-CLIP from a registry name, a transformers folder, an official .pth or our checkpoint."""
+    """Load X-CLIP from a registry name, a transformers folder, an official .pth, our checkpoint,
+    or (backends onnxruntime / tensorrt) an export folder."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend != "reference":
-        raise NotImplementedError(f"backend {backend!r} is not implemented yet in this version of xclip-engine; "
-                                  "use backend='reference'")
+    if backend in ("onnxruntime", "tensorrt"):
+        try:
+            from xclip_engine.export.runtime import load_runtime
+        except ImportError as e:
+            raise NotImplementedError(f"backend {backend!r} is not available in this version of xclip-engine "
+                                      f"({e}); use backend='reference'") from None
+        return load_runtime(source, backend=backend, device=device)
     loaded = load_model(source, arch=arch, random_init=random_init)
+    net = loaded.model
+    if backend == "triton":
+        try:
+            from xclip_engine.kernels.backend import triton_ops
+        except ImportError as e:
+            raise NotImplementedError(f"backend 'triton' is not available in this version of xclip-engine "
+                                      f"({e}); use backend='reference'") from None
+        net.use_ops(triton_ops(device))
     tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
-    return Model(loaded.model, tokenizer, device=device, labels=loaded.labels, origin=loaded.origin,
+    return Model(net, tokenizer, device=device, labels=loaded.labels, origin=loaded.origin,
                  kind=loaded.kind, backend=backend)
