@@ -1,0 +1,81 @@
+"""`xclip-engine` commands: what a user types, with the exit codes and output formats promised."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from xclip_engine.engine.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_infer_folder_json_answers_every_input(tiny_folder, video_dir, good, bad):
+    r = run("infer", video_dir, "--model", tiny_folder, "--labels", "cooking, dancing, surfing",
+            "--format", "json", "--topk", "2")
+    assert r.exit_code == 1, r.output                      # some inputs failed
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    found = sorted(os.path.relpath(row["path"], video_dir) for row in rows)
+    assert found == sorted(good + bad)                    # notes.txt is not a video: not listed
+    for row in rows:
+        assert set(row) == {"path", "top", "error"}
+        assert row["path"].startswith(str(video_dir))     # as found under the folder the user gave
+        if os.path.basename(row["path"]) in {os.path.basename(b) for b in bad}:
+            assert row["error"] and row["top"] == []
+        else:
+            assert row["error"] is None and len(row["top"]) == 2
+            assert {t["label"] for t in row["top"]} <= {"cooking", "dancing", "surfing"}
+    assert "4 of 7 inputs failed" in r.stderr
+
+
+def test_infer_all_good_exit_0_csv_and_output_file(tiny_folder, video_dir, tmp_path, good):
+    out = tmp_path / "res.csv"
+    files = [video_dir / g for g in good]
+    r = run("infer", *files, "--model", tiny_folder, "--labels", "a, b", "--format", "csv", "--output", out)
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [(row["path"], row["rank"]) for row in rows] == [(str(f), str(k)) for f in files for k in (1, 2)]
+
+
+def test_infer_table_and_bundled_label_set(tiny_folder, video_dir, good):
+    r = run("infer", video_dir / good[0], "--model", tiny_folder, "--labels-file", "hmdb51", "--topk", "3")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(video_dir / good[0]) and len(lines) == 4 and lines[1].strip().endswith(tuple("abcdefghijklmnopqrstuvwxyz"))
+
+
+def test_labels_file_one_per_line(tiny_folder, video_dir, tmp_path, good):
+    f = tmp_path / "labels.txt"
+    f.write_text("juggling\n\nknitting\n")
+    r = run("infer", video_dir / good[0], "--model", tiny_folder, "--labels-file", f, "--format", "json")
+    assert r.exit_code == 0
+    assert {t["label"] for t in json.loads(r.stdout)["top"]} == {"juggling", "knitting"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--labels", " , "], "non-empty labels"),
+    (["--labels-file", "/no/such/labels.txt"], "no such file"),
+    (["--labels", "a", "--labels-file", "k400"], "not both"),
+    ([], "no labels"),
+])
+def test_usage_errors_exit_2(tiny_folder, video_dir, args, message, good):
+    r = run("infer", video_dir / good[0], "--model", tiny_folder, *args)
+    assert r.exit_code == 2 and message in r.stderr, r.output
+
+
+def test_bad_model_exit_2(video_dir, tmp_path, good):
+    r = run("infer", video_dir / good[0], "--model", tmp_path, "--labels", "a")
+    assert r.exit_code == 2 and "cannot load the model" in r.stderr and str(tmp_path) in r.stderr
+
+
+def test_console_script_installed():
+    exe = os.path.join(os.path.dirname(sys.executable), "xclip-engine")
+    r = subprocess.run([exe, "models"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "xclip-base-patch32" in r.stdout and "xclip-large-patch14-16-frames" in r.stdout
