@@ -22,9 +22,13 @@ def hf_model(kwargs: dict, seed: int = 0):
     torch.manual_seed(seed)
     model = XCLIPModel(XCLIPConfig(**kwargs)).eval()
     with torch.no_grad():
-        # transformers' init leaves alpha at 0.1 and the MIT position embedding at zero-ish; give
-        # every tensor a distinct random value so a swapped or dropped weight cannot hide
-        model.mit.position_embedding.normal_(std=0.02)
+        # transformers' init (std 0.02) leaves the residual branches tiny, so a swapped q/k or a
+        # dropped message token would move the outputs by less than the tolerance; 1/sqrt(fan_in)
+        # weights make every branch count, and alpha / MIT position embedding get distinct values
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and "embedding" not in name:
+                p.normal_(std=p.shape[1] ** -0.5)
+        model.mit.position_embedding.normal_(std=0.5)
         model.prompts_generator.alpha.normal_(mean=0.1, std=0.05)
         model.logit_scale.fill_(4.0)
     return model
