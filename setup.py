@@ -44,9 +44,9 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4"],
-        # GPU extras (Triton kernels, TensorRT, onnxruntime-gpu, DALI) arrive with their issues.
-        "gpu": [],
+        # triton in dev: the kernel parity tests run it in its CPU interpreter (TRITON_INTERPRET=1)
+        "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4", 'triton>=3.4; platform_system == "Linux"'],
+        "gpu": ['triton>=3.4; platform_system == "Linux"'],
     },
     entry_points={"console_scripts": ["xclip-engine=xclip_engine.engine.cli:main"]},
 )

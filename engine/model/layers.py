@@ -18,6 +18,10 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x):
         return self.ops.layer_norm(x, self.weight, self.bias, self.eps)
 
+    def add_forward(self, x, delta):
+        """(x + delta, norm(x + delta)): a residual add and this norm, one op for fused backends."""
+        return self.ops.add_layer_norm(x, delta, self.weight, self.bias, self.eps)
+
 
 class MLP(nn.Module):
     ops = REFERENCE
@@ -74,8 +78,8 @@ class ResidualBlock(nn.Module):
         self.mlp = MLP(width, 4 * width)
 
     def forward(self, x, causal: bool = False):
-        x = x + self.attn(self.ln_1(x), causal=causal)
-        return x + self.mlp(self.ln_2(x))
+        x, h = self.ln_2.add_forward(x, self.attn(self.ln_1(x), causal=causal))   # x + attn(...), ln_2
+        return x + self.mlp(h)
 
 
 def init_linear(m: nn.Module, std: float = 0.02):

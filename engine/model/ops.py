@@ -32,8 +32,27 @@ class ReferenceOps:
         return F.scaled_dot_product_attention(q, k, v)
 
     @staticmethod
+    def message_attention(msg, ln, attn):
+        # Cross-frame attention of the CCT block: msg [B, T, D] (message_fc output) ->
+        # msg + attn(ln(msg)), attention over the T message tokens of each video.
+        # `ln` is a LayerNorm and `attn` a SelfAttention module (weights for fused backends).
+        return msg + attn(ln(msg))
+
+    @staticmethod
+    def prompt_attention(q, k, v):
+        # Prompt generator cross-attention: q [B, H, K, dh] label queries, k/v [B, H, N, dh]
+        # visual tokens -> [B, H, K, dh].
+        return F.scaled_dot_product_attention(q, k, v)
+
+    @staticmethod
     def layer_norm(x, weight, bias, eps: float):
         return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+
+    @staticmethod
+    def add_layer_norm(x, delta, weight, bias, eps: float):
+        # The residual add and the layer norm after it: -> (x + delta, layer_norm(x + delta)).
+        s = x + delta
+        return s, F.layer_norm(s, s.shape[-1:], weight, bias, eps)
 
     @staticmethod
     def mlp(x, fc1: torch.nn.Linear, fc2: torch.nn.Linear):

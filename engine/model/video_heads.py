@@ -46,7 +46,7 @@ class CrossAttention(nn.Module):
         # x: [B, K, E] label features; visual: [B, N, E] -> [B, K, E]
         h = self.heads
         k, v = self.kv(visual).chunk(2, dim=-1)
-        o = self.ops.attention(split_heads(self.q(x), h), split_heads(k, h), split_heads(v, h))
+        o = self.ops.prompt_attention(split_heads(self.q(x), h), split_heads(k, h), split_heads(v, h))
         return self.proj(merge_heads(o))
 
 

@@ -34,7 +34,7 @@ class CrossFrameBlock(nn.Module):
         """Steps 1-2: one message token per frame, then attention across the T frames of a video."""
         bt, _, d = x.shape
         msg = self.message_fc(x[:, 0]).view(bt // num_frames, num_frames, d)  # [B, T, D]
-        msg = msg + self.message_attn(self.message_ln(msg))                   # cross-frame attention
+        msg = self.ops.message_attention(msg, self.message_ln, self.message_attn)  # msg + attn(ln(msg))
         return msg.reshape(bt, 1, d)                                          # [BT, 1, D]
 
     def frame_attention(self, x, msg):
@@ -54,8 +54,8 @@ class CrossFrameBlock(nn.Module):
 
     def forward(self, x, num_frames: int):
         msg = self.messages(x, num_frames)
-        x = x + self.frame_attention(x, msg)
-        return x + self.mlp(self.ln_2(x))                                     # step 5
+        x, h = self.ln_2.add_forward(x, self.frame_attention(x, msg))         # x + attn, then ln_2
+        return x + self.mlp(h)                                                # step 5
 
 
 class VisionTower(nn.Module):

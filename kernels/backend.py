@@ -1,0 +1,113 @@
+"""The "triton" backend: an ops object for XCLIP.use_ops() whose entries call the fused Triton kernels.
+
+    net.use_ops(triton_ops(device))      # what xe.load(..., backend="triton") does
+
+Same contract as engine/model/ops.py ReferenceOps, entry by entry. Each entry checks its kernel's
+guard (shape, dtype, device, autograd, XCLIP_DISABLE_TRITON) and runs the reference op where the
+kernel does not apply, so the backend always computes the reference model. Causal attention (the
+text tower) has no kernel here and runs the reference SDPA; non-causal self-attention (the MIT)
+uses the prompt-attention kernel, which is a general non-causal attention.
+
+The kernel modules are imported inside triton_ops(), not at import time: @triton.jit reads
+TRITON_INTERPRET when a kernel is defined, so defining them late lets a process (a test) set the
+variable first, and importing this module needs neither triton nor a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from .guards import DISABLE_ENV, disabled, interpreting
+
+KERNEL_MODULES = ("frame_attention", "message_attention", "layer_norm", "quick_gelu", "prompt_attention")
+
+
+class TritonUnavailable(NotImplementedError):
+    """The triton backend cannot run here (no triton, no GPU, interpreter set too late)."""
+
+
+class TritonOps:
+    """Fused kernels where they apply, the reference op elsewhere (see each kernel's why_not)."""
+
+    name = "triton"
+
+    def __init__(self):
+        from . import frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu
+
+        self._fa, self._ln, self._ma, self._pa, self._mlp = (
+            frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu)
+
+    def attention(self, q, k, v, causal: bool = False):
+        if causal:
+            from xclip_engine.engine.model.ops import REFERENCE
+
+            return REFERENCE.attention(q, k, v, causal=True)
+        return self._pa.prompt_attention(q, k, v)
+
+    def frame_attention(self, q, k, v, k_msg, v_msg):
+        return self._fa.frame_attention(q, k, v, k_msg, v_msg)
+
+    def message_attention(self, msg, ln, attn):
+        return self._ma.message_attention(msg, ln, attn)
+
+    def prompt_attention(self, q, k, v):
+        return self._pa.prompt_attention(q, k, v)
+
+    def layer_norm(self, x, weight, bias, eps: float):
+        return self._ln.layer_norm(x, weight, bias, eps)
+
+    def add_layer_norm(self, x, delta, weight, bias, eps: float):
+        return self._ln.add_layer_norm(x, delta, weight, bias, eps)
+
+    def mlp(self, x, fc1, fc2):
+        return self._mlp.mlp(x, fc1, fc2)
+
+
+def _check_device(device) -> None:
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if interpreting():
+        return                            # the interpreter runs any device's tensors on the CPU
+    if not torch.cuda.is_available():
+        raise TritonUnavailable(
+            "backend 'triton' needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False). "
+            "Use backend='reference', or set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter "
+            f"(about 1000x slower: for tests), or {DISABLE_ENV}=1 to run the reference ops under this backend.")
+    if dev.type != "cuda":
+        raise TritonUnavailable(
+            f"backend 'triton' runs on a CUDA device, got device={str(dev)!r}: pass device='cuda' "
+            "(or leave it unset), or use backend='reference' on the CPU.")
+
+
+def _check_interpreter_mode() -> None:
+    # A kernel defined before TRITON_INTERPRET was set (or after it was unset) would run in the
+    # wrong mode: a compiled kernel on CPU tensors fails deep inside triton's driver.
+    from triton.runtime.interpreter import InterpretedFunction
+
+    want = interpreting()
+    for name in KERNEL_MODULES:
+        mod = importlib.import_module(f"{__package__}.{name}")
+        kernels = [v for k, v in vars(mod).items() if k.endswith("_kernel")]
+        if any(isinstance(kern, InterpretedFunction) != want for kern in kernels):
+            now, then = ("set", "unset") if want else ("unset", "set")
+            raise TritonUnavailable(
+                f"TRITON_INTERPRET is {now} now, but xclip_engine.kernels.{name} was imported while it was {then}: "
+                "set (or unset) TRITON_INTERPRET before the first import of xclip_engine.kernels, e.g. at the top "
+                "of the script or in conftest.py.")
+
+
+def triton_ops(device=None) -> TritonOps:
+    """The ops object of the triton backend for a model on `device`; refuses where it cannot run.
+
+    With XCLIP_DISABLE_TRITON=1 every entry runs the reference op and no GPU is needed.
+    """
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        raise TritonUnavailable(f"backend 'triton' needs the triton package ({e}): pip install triton "
+                                "(Linux), or use backend='reference'") from None
+    if not disabled():                    # switched off, no kernel runs: nothing to check
+        _check_device(device)
+        _check_interpreter_mode()
+    return TritonOps()

@@ -1,0 +1,153 @@
+"""Fused intra-frame attention of X-CLIP's CCT block: each frame's L tokens plus its message token.
+
+The reference (DESIGN.md section 1, step 4; VideoX X-CLIP/models/cct.py) appends the message
+token to the L frame tokens, runs attention over L+1 tokens and drops the message token's output.
+This kernel is flash attention (Dao et al., arXiv 2205.14135: online softmax, fp32 accumulator)
+over the L keys, with the message token's key and value read from their own tensors as one more
+key, so the [L+1] concatenation and the slice are never materialised and no output row is
+computed for the message token. Rows past L (L = 50, 197, 257 are not multiples of the block)
+are masked.
+
+Trade-off: the message key is folded in first, before the key loop, so the running maximum is
+finite from the start (no -inf - -inf); it costs one [BLOCK_M, dh] multiply-reduce per program.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .guards import common_reason, dot_precision, next_pow2
+
+
+# ---- reference ---------------------------------------------------------------------------------
+def frame_attention_ref(q, k, v, k_msg, v_msg, upcast: bool = False):
+    """softmax(q [k; k_msg]^T / sqrt(dh)) [v; v_msg].
+
+    q/k/v: [BT, H, L, dh]; k_msg/v_msg: [BT, H, 1, dh] -> [BT, H, L, dh]. `upcast` computes and
+    returns fp32 (the yardstick the fp16 tolerance is measured against).
+    """
+    if upcast:
+        q, k, v, k_msg, v_msg = (t.float() for t in (q, k, v, k_msg, v_msg))
+    return F.scaled_dot_product_attention(q, torch.cat([k, k_msg], dim=2), torch.cat([v, v_msg], dim=2))
+
+
+# ---- kernel ------------------------------------------------------------------------------------
+@triton.jit
+def _frame_attention_kernel(
+    q_ptr, k_ptr, v_ptr,       # [BT, H, L, dh], any strides
+    km_ptr, vm_ptr,            # [BT, H, 1, dh] message token key / value
+    o_ptr,                     # [BT, H, L, dh] output
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    skm_b, skm_h, skm_d,
+    svm_b, svm_h, svm_d,
+    so_b, so_h, so_l, so_d,
+    H, L, DH, qk_scale,        # qk_scale = log2(e) / sqrt(dh): softmax in base 2
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < L
+    d_mask = offs_d < DH
+
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)                   # [BLOCK_M, BLOCK_D]
+
+    # the message token: one key every query of this frame sees
+    km = tl.load(km_ptr + b * skm_b + h * skm_h + offs_d * skm_d, mask=d_mask, other=0.0)
+    vm = tl.load(vm_ptr + b * svm_b + h * svm_h + offs_d * svm_d, mask=d_mask, other=0.0)
+    m_i = tl.sum(q.to(tl.float32) * km.to(tl.float32)[None, :], axis=1) * qk_scale  # [BLOCK_M]
+    l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)                                  # exp2(m_i - m_i)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32) + vm.to(tl.float32)[None, :]
+
+    k_base = k_ptr + b * sk_b + h * sk_h
+    v_base = v_ptr + b * sv_b + h * sv_h
+    for start in range(0, L, BLOCK_N):
+        n = start + offs_n
+        n_mask = n < L
+        kt = tl.load(k_base + n[None, :] * sk_l + offs_d[:, None] * sk_d,
+                     mask=d_mask[:, None] & n_mask[None, :], other=0.0)             # [BLOCK_D, BLOCK_N]
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale                   # [BLOCK_M, BLOCK_N]
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vb = tl.load(v_base + n[:, None] * sv_l + offs_d[None, :] * sv_d,
+                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)             # [BLOCK_N, BLOCK_D]
+        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    tl.store(o_ptr + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_d[None, :] * so_d,
+             acc.to(o_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+# ---- launcher ----------------------------------------------------------------------------------
+def _empty_output(q):
+    # [BT, L, H, dh] memory viewed as [BT, H, L, dh]: the caller's merge_heads is then a free view
+    bt, h, seq, dh = q.shape
+    return q.new_empty(bt, seq, h, dh).transpose(1, 2)
+
+
+def _launch(q, k, v, k_msg, v_msg):
+    bt, h, seq, dh = q.shape
+    o = _empty_output(q)
+    block_d = max(16, next_pow2(dh))
+    # 64 x 64 tiles with 4 warps: the flash-attention tutorial's choice for dh <= 64; a [128, 128]
+    # dh tile halves BLOCK_N to keep the K/V tiles in shared memory.
+    block_m, block_n = 64, (64 if block_d <= 64 else 32)
+    grid = (triton.cdiv(seq, block_m), bt * h)
+    _frame_attention_kernel[grid](
+        q, k, v, k_msg, v_msg, o,
+        *q.stride(), *k.stride(), *v.stride(),
+        k_msg.stride(0), k_msg.stride(1), k_msg.stride(3),
+        v_msg.stride(0), v_msg.stride(1), v_msg.stride(3),
+        *o.stride(),
+        h, seq, dh, 1.4426950408889634 / dh**0.5,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+    return o
+
+
+# ---- op registration ---------------------------------------------------------------------------
+@torch.library.custom_op("xclip::frame_attention", mutates_args=())
+def frame_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_msg: torch.Tensor,
+                       v_msg: torch.Tensor) -> torch.Tensor:
+    return _launch(q, k, v, k_msg, v_msg)
+
+
+@frame_attention_op.register_fake
+def _(q, k, v, k_msg, v_msg):
+    return _empty_output(q)
+
+
+def why_not(q, k, v, k_msg, v_msg) -> str | None:
+    """None if the kernel takes these inputs, else why the reference op must run instead."""
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        return f"q/k/v shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} (need equal [BT, H, L, dh])"
+    bt, h, _, dh = q.shape
+    if k_msg.shape != (bt, h, 1, dh) or v_msg.shape != (bt, h, 1, dh):
+        return f"message key/value shapes {tuple(k_msg.shape)}, {tuple(v_msg.shape)} (need [BT, H, 1, dh])"
+    if q.shape[2] == 0 or dh > 128:
+        return f"L={q.shape[2]}, dh={dh} (kernel takes L >= 1, dh <= 128)"
+    return common_reason(q, k, v, k_msg, v_msg)
+
+
+def frame_attention(q, k, v, k_msg, v_msg):
+    """The fused kernel where it applies, else the reference op (same contract as ReferenceOps)."""
+    if why_not(q, k, v, k_msg, v_msg) is not None:
+        from xclip_engine.engine.model.ops import REFERENCE
+
+        return REFERENCE.frame_attention(q, k, v, k_msg, v_msg)
+    return frame_attention_op(q, k, v, k_msg, v_msg)

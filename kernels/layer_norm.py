@@ -1,0 +1,136 @@
+"""Layer norm over the last dimension, optionally fused with the residual add that precedes it.
+
+Formula: y = (s - mean(s)) / sqrt(var(s) + eps) * weight + bias, with s = x (plain) or
+s = x + delta (fused: the block's `x = x + attn(...)` followed by `ln_2(x)`, DESIGN.md section 1
+step 5); the fused form returns s too, since the block needs it for the next residual.
+Statistics in fp32, two passes over the row held in registers (centred squares, no E[x^2] - mean^2
+cancellation). Each program normalises several rows when D is small, so the tiny model and the
+interpreter do not pay one program per 64-wide row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .guards import common_reason, interpreting, next_pow2
+
+
+# ---- reference ---------------------------------------------------------------------------------
+def layer_norm_ref(x, weight, bias, eps: float, delta=None, upcast: bool = False):
+    """LN(x) or (x + delta, LN(x + delta)); `upcast` computes the norm in fp32 and returns it in fp32."""
+    s = x if delta is None else x + delta
+    y = F.layer_norm(s.float() if upcast else s, s.shape[-1:], weight.float() if upcast else weight,
+                     bias.float() if upcast else bias, eps)
+    return y if delta is None else (s, y)
+
+
+# ---- kernel ------------------------------------------------------------------------------------
+@triton.jit
+def _layer_norm_kernel(
+    x_ptr, d_ptr,              # [M, D] input, [M, D] residual delta (read only when HAS_DELTA)
+    w_ptr, b_ptr,              # [D] weight, bias
+    y_ptr, s_ptr,              # [M, D] normalised output, [M, D] x + delta (written when HAS_DELTA)
+    sx, sd, sy, ss,            # row strides (columns are contiguous)
+    M, D, eps,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, HAS_DELTA: tl.constexpr,
+):
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    c = tl.arange(0, BLOCK_D)
+    c_mask = c < D
+    mask = (r < M)[:, None] & c_mask[None, :]
+    x = tl.load(x_ptr + r[:, None] * sx + c[None, :], mask=mask, other=0.0)
+    if HAS_DELTA:
+        s = x + tl.load(d_ptr + r[:, None] * sd + c[None, :], mask=mask, other=0.0)
+        tl.store(s_ptr + r[:, None] * ss + c[None, :], s, mask=mask)
+        x = s                  # normalise the sum as stored (rounded to the input dtype), as the reference does
+    xf = x.to(tl.float32)
+    mean = tl.sum(xf, axis=1) / D
+    xc = tl.where(mask, xf - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / D + eps)
+    w = tl.load(w_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(y_ptr + r[:, None] * sy + c[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ---- launcher ----------------------------------------------------------------------------------
+def _rows(x):
+    # [..., D] -> [M, D] with contiguous columns (a view where the layout allows, else a copy)
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def _launch(x, delta, weight, bias, eps):
+    d = x.shape[-1]
+    x2 = _rows(x)
+    d2 = _rows(delta) if delta is not None else x2
+    m = x2.shape[0]
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    s = torch.empty_like(y) if delta is not None else y
+    block_d = next_pow2(d)
+    # about 4096 elements per program on a GPU (32 per thread at 4 warps); the interpreter pays per
+    # program, not per element, so it takes 16x more rows at a time
+    rows = max(1, (65536 if interpreting() else 4096) // block_d)
+    _layer_norm_kernel[(triton.cdiv(m, rows),)](
+        x2, d2, weight, bias, y.view(m, d), s.view(m, d),
+        x2.stride(0), d2.stride(0), d, d, m, d, eps,
+        ROWS=rows, BLOCK_D=block_d, HAS_DELTA=delta is not None, num_warps=4 if block_d <= 2048 else 8,
+    )
+    return y, s
+
+
+# ---- op registration ---------------------------------------------------------------------------
+@torch.library.custom_op("xclip::layer_norm", mutates_args=())
+def layer_norm_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    return _launch(x, None, weight, bias, eps)[0]
+
+
+@layer_norm_op.register_fake
+def _(x, weight, bias, eps):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("xclip::add_layer_norm", mutates_args=())
+def add_layer_norm_op(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    y, s = _launch(x, delta, weight, bias, eps)
+    return s, y
+
+
+@add_layer_norm_op.register_fake
+def _(x, delta, weight, bias, eps):
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
+def why_not(x, weight, bias, delta=None) -> str | None:
+    """None if the kernel takes these inputs, else why the reference op must run instead."""
+    if weight is None or bias is None:
+        return "layer norm without weight or bias"
+    d = x.shape[-1] if x.dim() else 0
+    if x.dim() < 1 or x.numel() == 0 or weight.shape != (d,) or bias.shape != (d,) or d > 16384:
+        return f"x shape {tuple(x.shape)}, weight {tuple(weight.shape)} (need [..., D] with D <= 16384)"
+    if delta is not None and delta.shape != x.shape:
+        return f"residual shape {tuple(delta.shape)} != x shape {tuple(x.shape)}"
+    extra = (delta,) if delta is not None else ()
+    return common_reason(x, weight, bias, *extra)
+
+
+def layer_norm(x, weight, bias, eps: float):
+    if why_not(x, weight, bias) is not None:
+        from xclip_engine.engine.model.ops import REFERENCE
+
+        return REFERENCE.layer_norm(x, weight, bias, eps)
+    return layer_norm_op(x, weight, bias, eps)
+
+
+def add_layer_norm(x, delta, weight, bias, eps: float):
+    """(x + delta, LN(x + delta)) in one pass."""
+    if why_not(x, weight, bias, delta) is not None:
+        from xclip_engine.engine.model.ops import REFERENCE
+
+        return REFERENCE.add_layer_norm(x, delta, weight, bias, eps)
+    return add_layer_norm_op(x, delta, weight, bias, eps)

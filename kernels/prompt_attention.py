@@ -1,0 +1,133 @@
+"""Fused cross-attention of X-CLIP's video-specific prompt generator: K label queries over N visual tokens.
+
+The reference (DESIGN.md section 1, prompt generator; VideoX X-CLIP/models/prompt.py) runs, per
+video, softmax(q k^T / sqrt(dh)) v with q the K label features (K = 1 ... 400 labels) and k/v the
+N visual tokens (49, 196, 256 patches). This kernel keeps the [K, N] scores and probabilities in
+registers (online softmax, fp32 accumulator, as flash attention, Dao et al. arXiv 2205.14135), so
+the score matrix of B x H x K x N never reaches memory. The queries are read through their strides:
+the first prompt layer's label features are the same for every video, and an expanded (stride 0)
+batch is read without a copy. Rows past K and keys past N are masked.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .guards import common_reason, dot_precision, next_pow2
+
+
+# ---- reference ---------------------------------------------------------------------------------
+def prompt_attention_ref(q, k, v, upcast: bool = False):
+    """q [B, H, K, dh], k/v [B, H, N, dh] -> softmax(q k^T / sqrt(dh)) v, [B, H, K, dh] (fp32 if `upcast`)."""
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+# ---- kernel ------------------------------------------------------------------------------------
+@triton.jit
+def _prompt_attention_kernel(
+    q_ptr,                     # [B, H, K, dh] label queries, any strides (batch stride 0 allowed)
+    k_ptr, v_ptr,              # [B, H, N, dh] visual keys / values
+    o_ptr,                     # [B, H, K, dh] output
+    sq_b, sq_h, sq_l, sq_d,
+    sk_b, sk_h, sk_l, sk_d,
+    sv_b, sv_h, sv_l, sv_d,
+    so_b, so_h, so_l, so_d,
+    H, KQ, N, DH, qk_scale,    # qk_scale = log2(e) / sqrt(dh): softmax in base 2
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_mask = offs_m < KQ
+    d_mask = offs_d < DH
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + offs_m[:, None] * sq_l + offs_d[None, :] * sq_d,
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)                   # [BLOCK_M, BLOCK_D]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    k_base = k_ptr + b * sk_b + h * sk_h
+    v_base = v_ptr + b * sv_b + h * sv_h
+    # N >= 1 (guarded), so the first tile has a real key and m_i is finite after it
+    for start in range(0, N, BLOCK_N):
+        n = start + offs_n
+        n_mask = n < N
+        kt = tl.load(k_base + n[None, :] * sk_l + offs_d[:, None] * sk_d,
+                     mask=d_mask[:, None] & n_mask[None, :], other=0.0)             # [BLOCK_D, BLOCK_N]
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        vb = tl.load(v_base + n[:, None] * sv_l + offs_d[None, :] * sv_d,
+                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)             # [BLOCK_N, BLOCK_D]
+        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    tl.store(o_ptr + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_d[None, :] * so_d,
+             acc.to(o_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+
+
+# ---- launcher ----------------------------------------------------------------------------------
+def _empty_output(q):
+    # [B, K, H, dh] memory viewed as [B, H, K, dh]: the caller's merge_heads is then a free view
+    b, h, kq, dh = q.shape
+    return q.new_empty(b, kq, h, dh).transpose(1, 2)
+
+
+def _launch(q, k, v):
+    b, h, kq, dh = q.shape
+    n = k.shape[2]
+    o = _empty_output(q)
+    block_d = max(16, next_pow2(dh))
+    # few labels (K = 1, 3) waste most of a 64-row tile: 16 rows is tl.dot's minimum
+    block_m = 16 if kq <= 16 else 64
+    block_n = 64 if block_d <= 64 else 32
+    _prompt_attention_kernel[(triton.cdiv(kq, block_m), b * h)](
+        q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        h, kq, n, dh, 1.4426950408889634 / dh**0.5,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+    return o
+
+
+# ---- op registration ---------------------------------------------------------------------------
+@torch.library.custom_op("xclip::prompt_attention", mutates_args=())
+def prompt_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _launch(q, k, v)
+
+
+@prompt_attention_op.register_fake
+def _(q, k, v):
+    return _empty_output(q)
+
+
+def why_not(q, k, v) -> str | None:
+    """None if the kernel takes these inputs, else why the reference op must run instead."""
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2] \
+            or q.shape[3] != k.shape[3]:
+        return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} (need [B, H, K, dh], [B, H, N, dh])"
+    if q.numel() == 0 or k.shape[2] == 0 or q.shape[3] > 128:
+        return f"K={q.shape[2]}, N={k.shape[2]}, dh={q.shape[3]} (kernel takes K, N >= 1, dh <= 128)"
+    return common_reason(q, k, v)
+
+
+def prompt_attention(q, k, v):
+    """The fused kernel where it applies, else the reference op (same contract as ReferenceOps)."""
+    if why_not(q, k, v) is not None:
+        from xclip_engine.engine.model.ops import REFERENCE
+
+        return REFERENCE.prompt_attention(q, k, v)
+    return prompt_attention_op(q, k, v)
