@@ -27,7 +27,10 @@ setup(
     python_requires=">=3.10",
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
-    package_data={"xclip_engine.engine": ["assets/*.gz", "assets/labels/*.csv", "assets/NOTICE"]},
+    package_data={
+        "xclip_engine.engine": ["assets/*.gz", "assets/labels/*.csv", "assets/NOTICE"],
+        "xclip_engine.train": ["configs/*.yaml"],
+    },
     include_package_data=True,
     install_requires=[
         # torch is installed first by scripts/setup.sh (the CPU build where there is no GPU);
@@ -42,6 +45,7 @@ setup(
         "huggingface_hub>=0.20",
         "click>=8",
         "tqdm>=4.60",
+        "pyyaml>=6",
     ],
     extras_require={
         # triton in dev: the kernel parity tests run it in its CPU interpreter (TRITON_INTERPRET=1)

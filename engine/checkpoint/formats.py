@@ -203,11 +203,13 @@ def save_ours(state_dict: dict, config: XCLIPConfig, path: str, **extra) -> str:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp"
         save_file(tensors, tmp, metadata={"xclip_engine": json.dumps(meta)})
+        os.chmod(tmp, 0o644)   # safetensors creates 0600 files; a shipped model must be readable by all
         os.replace(tmp, path)
         return path
     os.makedirs(path, exist_ok=True)
     tmp = os.path.join(path, "model.safetensors.tmp")
     save_file(tensors, tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, os.path.join(path, "model.safetensors"))
     with open(os.path.join(path, OUR_JSON + ".tmp"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
