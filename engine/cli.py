@@ -146,5 +146,16 @@ def _writer(fmt, out, topk):
     return write
 
 
+def _register_commands():
+    # heavy imports stay inside each command's body, so `xclip-engine --help` stays fast
+    from xclip_engine.train.cli import eval_cmd, train_cmd
+    from xclip_engine.train.cli_dataset import make_dataset_cmd
+
+    for cmd in (train_cmd, eval_cmd, make_dataset_cmd):
+        main.add_command(cmd)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

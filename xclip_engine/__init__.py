@@ -16,11 +16,25 @@ if _os.path.isfile(_os.path.join(_root, "engine", "__init__.py")) and _root not 
 
 __version__ = "0.1.0"
 
-from xclip_engine.engine.api import Model, Prediction, load  # noqa: E402
-from xclip_engine.engine.checkpoint import CheckpointError, save_model  # noqa: E402
-from xclip_engine.engine.config import XCLIPConfig, get_config, list_models  # noqa: E402
-from xclip_engine.engine.labels import load_labels  # noqa: E402
-from xclip_engine.engine.video import VideoError, read_video  # noqa: E402
+# The public names load on first use (PEP 562), so that `import xclip_engine.train.synthetic` or
+# `xclip-engine --help` does not pay for importing torch, PyAV and OpenCV.
+_EXPORTS = {
+    "load": "engine.api", "Model": "engine.api", "Prediction": "engine.api",
+    "CheckpointError": "engine.checkpoint", "save_model": "engine.checkpoint",
+    "XCLIPConfig": "engine.config", "get_config": "engine.config", "list_models": "engine.config",
+    "load_labels": "engine.labels",
+    "VideoError": "engine.video", "read_video": "engine.video",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["load", "Model", "Prediction", "list_models", "get_config", "XCLIPConfig", "read_video",
-           "VideoError", "CheckpointError", "save_model", "load_labels"]
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
