@@ -41,11 +41,17 @@ def sample_indices(num_video_frames: int, num_frames: int) -> list[int]:
     return [int(i * avg + avg / 2.0) for i in range(num_frames)]
 
 
-def _train_clip(num_video_frames: int, num_frames: int, rng: np.random.RandomState) -> list[int]:
-    """One clip by the official training rule (pipeline.py:1926-1943 plus the loop at 2033-2034)."""
+def tsn_train_indices(num_video_frames: int, num_frames: int, rng) -> list[int]:
+    """One clip by the official training rule (pipeline.py:1926-1943 plus the loop at 2033-2034):
+    a random frame in each of the T segments of n // T frames; a video shorter than T repeats frames.
+
+    `rng` is a numpy Generator (the trainer) or RandomState (seeded multi-view test clips, which
+    must draw exactly as the official code does).
+    """
     avg = num_video_frames // num_frames
     if avg > 0:
-        offsets = np.arange(num_frames) * avg + rng.randint(avg, size=num_frames)
+        draw = rng.integers if isinstance(rng, np.random.Generator) else rng.randint
+        offsets = np.arange(num_frames) * avg + draw(avg, size=num_frames)
     else:
         # avg == 0 means n < T. The official branch `n > max(T, 1)` in between can then never be
         # taken, so the evenly spread, rounded positions are what a short video gets.
@@ -67,4 +73,4 @@ def sample_clip_indices(num_video_frames: int, num_frames: int, num_clips: int,
     if num_clips == 1:
         return [sample_indices(num_video_frames, num_frames)]
     rng = np.random.RandomState(seed)
-    return [_train_clip(num_video_frames, num_frames, rng) for _ in range(num_clips)]
+    return [tsn_train_indices(num_video_frames, num_frames, rng) for _ in range(num_clips)]

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from xclip_engine.engine.labels import load_labels
 from xclip_engine.engine.video import VideoError, count_frames, normalize, read_frames, read_video, resize_target
+from xclip_engine.engine.video_sampling import tsn_train_indices
 from xclip_engine.engine.video_transforms import resize_short_side
 
 from .config import DataSection
@@ -98,17 +99,6 @@ def read_list(list_path: str, num_classes: int, root: str | None = None, strict:
 
 
 # ---- training augmentation ---------------------------------------------------------------------
-def tsn_train_indices(num_video_frames: int, num_frames: int, rng: np.random.Generator) -> list[int]:
-    """TSN training sampling (pipeline.py SampleFrames._get_train_clips, clip_len 1): one random
-    frame in each of the T segments of n // T frames; a video shorter than T repeats frames."""
-    avg = num_video_frames // num_frames
-    if avg > 0:
-        idx = np.arange(num_frames) * avg + rng.integers(avg, size=num_frames)
-    else:
-        idx = np.around(np.arange(num_frames) * (num_video_frames / num_frames))
-    return [int(i) % num_video_frames for i in idx]
-
-
 def multi_scale_crop_box(width: int, height: int, size: int, scales, rng) -> tuple[int, int, int, int]:
     """(x, y, w, h) as pipeline.py MultiScaleCrop draws it with random_crop=False, max_wh_scale_gap=1."""
     base = min(width, height)
