@@ -28,7 +28,7 @@ setup(
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
     package_data={
-        "xclip_engine.engine": ["assets/*.gz", "assets/labels/*.csv", "assets/NOTICE"],
+        "xclip_engine.engine": ["assets/*.gz", "assets/labels/*.csv", "assets/NOTICE", "assets/default_model/*"],
         "xclip_engine.train": ["configs/*.yaml"],
     },
     include_package_data=True,

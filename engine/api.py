@@ -164,10 +164,22 @@ class Model:
             yield Prediction(path, [(labels[i], float(s)) for s, i in zip(score.tolist(), idx.tolist())])
 
 
-def load(source, backend: str = "reference", device=None, arch: str | None = None,
+def default_model_path() -> str:
+    """The bundled demonstration model (a small X-CLIP trained by our trainer on the synthetic
+    `shapes` data set; README "The bundled model"). Real use takes a released X-CLIP checkpoint."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "default_model")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        raise FileNotFoundError(f"the bundled default model is missing from {path}; reinstall xclip-engine "
+                                "or pass a model explicitly")
+    return path
+
+
+def load(source=None, backend: str = "reference", device=None, arch: str | None = None,
          random_init: bool = False) -> Model:
     """Load X-CLIP from a registry name, a transformers folder, an official .pth, our checkpoint,
-    or (backends onnxruntime / tensorrt) an export folder."""
+    or (backends onnxruntime / tensorrt) an export folder. No source: the bundled default model."""
+    if source is None:
+        source = default_model_path()
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend in ("onnxruntime", "tensorrt"):

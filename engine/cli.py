@@ -57,7 +57,8 @@ def models_cmd():
 @main.command("infer")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--model", "-m", "model_src", default=None,
-              help="Registry name, transformers X-CLIP folder, official VideoX .pth, or our checkpoint.")
+              help="Registry name, transformers X-CLIP folder, official VideoX .pth, our checkpoint, or an "
+                   "export folder (with --backend onnxruntime). Default: the bundled demonstration model.")
 @click.option("--arch", default=None, help="Registry name whose architecture an official .pth has.")
 @click.option("--labels", "labels_text", default=None, help='Comma-separated labels: "cooking, dancing".')
 @click.option("--labels-file", default=None,
@@ -85,13 +86,13 @@ def infer_cmd(inputs, model_src, arch, labels_text, labels_file, topk, views, ba
                   else load_labels(labels_file) if labels_file is not None else None)
     except ValueError as e:
         _usage_error(str(e))
-    if model_src is None:
-        _usage_error("no --model given: pass a transformers X-CLIP folder, an official VideoX .pth, a checkpoint "
-                     "of ours, or a registry name (`xclip-engine models`)")
     try:
         model = load(model_src, backend=backend, device=device, arch=arch)
     except (CheckpointError, KeyError, ValueError, NotImplementedError, OSError) as e:
-        _usage_error(f"cannot load the model {model_src}: {e}")
+        _usage_error(f"cannot load the model {model_src or '(bundled default)'}: {e}")
+    if model_src is None:
+        click.echo("using the bundled demonstration model (shapes data set); pass --model for a real X-CLIP",
+                   err=True)
     if labels is None and not model.labels:
         _usage_error("no labels: pass --labels \"a, b, c\" or --labels-file FILE (or k400, k600, hmdb51, ucf101)")
 
