@@ -48,9 +48,15 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
+        # ONNX export and the ONNX Runtime backend on CPU
+        "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
         # triton in dev: the kernel parity tests run it in its CPU interpreter (TRITON_INTERPRET=1)
-        "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4", 'triton>=3.4; platform_system == "Linux"'],
-        "gpu": ['triton>=3.4; platform_system == "Linux"'],
+        "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4", 'triton>=3.4; platform_system == "Linux"',
+                "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+        # GPU machines: onnxruntime-gpu INSTEAD of onnxruntime (both install the module `onnxruntime`:
+        # uninstall onnxruntime first, see README), TensorRT, Triton
+        "gpu": ['triton>=3.4; platform_system == "Linux"', "onnx>=1.17", "onnxscript>=0.5",
+                "onnxruntime-gpu>=1.20", "tensorrt>=10"],
     },
     entry_points={"console_scripts": ["xclip-engine=xclip_engine.engine.cli:main"]},
 )

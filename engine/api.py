@@ -175,9 +175,10 @@ def default_model_path() -> str:
 
 
 def load(source=None, backend: str = "reference", device=None, arch: str | None = None,
-         random_init: bool = False) -> Model:
+         random_init: bool = False, precision: str | None = None) -> Model:
     """Load X-CLIP from a registry name, a transformers folder, an official .pth, our checkpoint,
-    or (backends onnxruntime / tensorrt) an export folder. No source: the bundled default model."""
+    or (backends onnxruntime / tensorrt) an export folder. No source: the bundled default model.
+    `precision` (fp32 | fp16 | int8) picks the graphs of an export folder."""
     if source is None:
         source = default_model_path()
     if backend not in BACKENDS:
@@ -188,7 +189,10 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
         except ImportError as e:
             raise NotImplementedError(f"backend {backend!r} is not available in this version of xclip-engine "
                                       f"({e}); use backend='reference'") from None
-        return load_runtime(source, backend=backend, device=device)
+        return load_runtime(source, backend=backend, device=device, precision=precision)
+    if precision is not None:
+        raise ValueError(f"precision={precision!r} applies to export folders (backend 'onnxruntime' or 'tensorrt'); "
+                         f"backend {backend!r} runs the checkpoint in fp32")
     loaded = load_model(source, arch=arch, random_init=random_init)
     net = loaded.model
     if backend == "triton":

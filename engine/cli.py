@@ -71,9 +71,11 @@ def models_cmd():
 @click.option("--output", "-o", default=None, help="Write results to this file instead of stdout.")
 @click.option("--backend", default="reference", show_default=True,
               type=click.Choice(["reference", "triton", "onnxruntime", "tensorrt"]))
+@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Which graphs of an export folder to run (backends onnxruntime / tensorrt).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu).")
 def infer_cmd(inputs, model_src, arch, labels_text, labels_file, topk, views, batch_size, fmt, output,
-              backend, device):
+              backend, precision, device):
     """Classify VIDEOS (files or folders of videos) against a label set."""
     from .api import load
     from .checkpoint import CheckpointError
@@ -87,7 +89,7 @@ def infer_cmd(inputs, model_src, arch, labels_text, labels_file, topk, views, ba
     except ValueError as e:
         _usage_error(str(e))
     try:
-        model = load(model_src, backend=backend, device=device, arch=arch)
+        model = load(model_src, backend=backend, device=device, arch=arch, precision=precision)
     except (CheckpointError, KeyError, ValueError, NotImplementedError, OSError) as e:
         _usage_error(f"cannot load the model {model_src or '(bundled default)'}: {e}")
     if model_src is None:
@@ -149,10 +151,11 @@ def _writer(fmt, out, topk):
 
 def _register_commands():
     # heavy imports stay inside each command's body, so `xclip-engine --help` stays fast
+    from xclip_engine.export.cli import export_cmd
     from xclip_engine.train.cli import eval_cmd, train_cmd
     from xclip_engine.train.cli_dataset import make_dataset_cmd
 
-    for cmd in (train_cmd, eval_cmd, make_dataset_cmd):
+    for cmd in (export_cmd, train_cmd, eval_cmd, make_dataset_cmd):
         main.add_command(cmd)
 
 

@@ -23,10 +23,11 @@ class TextTower(nn.Module):
         self.ln_final = LayerNorm(w, eps=cfg.layer_norm_eps)
         self.text_projection = nn.Parameter(torch.zeros(w, cfg.embed_dim))
 
-    def forward(self, ids):
+    def forward(self, ids, trim: bool = True):
         # ids: [K, C] int64, <|startoftext|> ... <|endoftext|> then padding -> [K, E]
         eot = ids.argmax(dim=-1)                      # EOT has the largest id (49407) in each row
-        ids = ids[:, : causal_eot_trim(ids)]          # padding after the last EOT cannot matter
+        if trim:   # padding after the last EOT cannot matter; off where a traced graph needs static code
+            ids = ids[:, : causal_eot_trim(ids)]
         x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]]
         for block in self.blocks:
             x = block(x, causal=True)

@@ -1,0 +1,258 @@
+"""`export_model`: an X-CLIP model to a self-contained ONNX folder, checked against the reference.
+
+Steps: load the model (any source `xe.load` reads); export the text and video graphs with
+torch.onnx.export (the torch.export-based exporter, opset 18, dynamic B, K and token length) from
+the one model definition switched to the export ops (graphs.py); `onnx.checker` each file; add the
+fp16 and int8 variants asked for (precision.py); write the tokenizer vocabulary and the manifest
+(manifest.py) last; run every precision in ONNX Runtime against the reference (checks.py) and
+print the table; with `tensorrt`, build the engines (trt_runner.py), which needs a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+
+import onnx
+import torch
+
+from xclip_engine.engine.checkpoint import load_model
+from xclip_engine.engine.labels import load_labels
+from xclip_engine.engine.model import XCLIP
+from xclip_engine.engine.tokenizer import ClipTokenizer
+
+from . import checks
+from .graphs import TEXT_INPUTS, TEXT_OUTPUTS, VIDEO_INPUTS, VIDEO_OUTPUTS, export_view
+from .manifest import file_entry, preprocessing, read_manifest, write_manifest
+from .precision import expand_reduce_l2, quantize_int8, to_fp16
+
+OPSET = 18
+OUR_FILES = (".onnx", ".plan", ".onnx.data", ".tmp")
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+class ExportError(RuntimeError):
+    """The export could not be made (bad --out, a graph too large for one file)."""
+
+
+class ExportCheckFailed(ExportError):
+    """The graphs were written but disagree with the reference model (the table says which)."""
+
+
+@dataclass
+class ExportResult:
+    folder: str
+    rows: list = field(default_factory=list)
+    manifest: dict = field(default_factory=dict)
+    samples: tuple | None = None         # (reference outputs, ids, pixels) of the check
+    ok: bool = True
+    table: str = ""
+
+
+def _check_folder(out: str) -> None:
+    """--out must be new, empty, or an earlier export (whose files are replaced): nothing else is touched."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ExportError(f"--out {out}: is a file; give a folder (new, empty, or an earlier export)")
+    entries = os.listdir(out) if os.path.isdir(out) else []
+    if entries and "manifest.json" not in entries and not all(e.endswith(OUR_FILES) or e == "cache" for e in entries):
+        raise ExportError(f"--out {out}: a folder with other files in it and no manifest.json; give a new or empty "
+                          "folder (an earlier export folder is overwritten)")
+
+
+def _prepare_folder(out: str) -> None:
+    _check_folder(out)
+    os.makedirs(out, exist_ok=True)
+    entries = os.listdir(out)
+    # the manifest goes first: an export interrupted from here on leaves a folder that no loader accepts
+    for name in ["manifest.json", *entries]:
+        path = os.path.join(out, name)
+        if name == "cache" and os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.isfile(path) and (name == "manifest.json" or name.endswith(OUR_FILES)
+                                       or name in ("vocab.json", "merges.txt")):
+            os.remove(path)
+
+
+def _save(model_proto: onnx.ModelProto, path: str) -> dict:
+    if model_proto.ByteSize() > PROTOBUF_LIMIT:
+        raise ExportError(f"{path}: the graph is over 2 GiB, which one ONNX file cannot hold; models this large "
+                          "are not supported by this exporter yet")
+    onnx.save(model_proto, path)
+    onnx.checker.check_model(path, full_check=True)
+    return file_entry(os.path.dirname(path), os.path.basename(path))
+
+
+def _example_inputs(config):
+    # example sizes other than 0 and 1, so torch.export keeps B, K and L symbolic
+    ids = torch.zeros(3, 9, dtype=torch.long)
+    ids[:, 0], ids[:, 1:5], ids[:, 5] = 49406, 320, 49407
+    px = torch.randn(2, config.num_frames, 3, config.image_size, config.image_size)
+    return ids, px, torch.randn(3, config.embed_dim)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Hide the exporter's notes that are not about this model (it lists torchvision ops it skips
+    when torchvision is absent, and torch.export's own deprecation warnings)."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def export_graphs(model: XCLIP, opset: int = OPSET) -> dict[str, onnx.ModelProto]:
+    """The fp32 text and video graphs of `model` as ModelProtos (the model's ops are restored after)."""
+    from torch.export import Dim
+
+    config = model.config
+    ids, px, text = _example_inputs(config)
+    k, b = Dim("K", min=1), Dim("B", min=1)
+    length = Dim("L", min=1, max=config.context_length)
+    previous = model.ops
+    try:
+        tg, vg = export_view(model)
+        with torch.no_grad(), _quiet_exporter():
+            text_prog = torch.onnx.export(tg, (ids,), input_names=list(TEXT_INPUTS), output_names=list(TEXT_OUTPUTS),
+                                          dynamic_shapes={"input_ids": {0: k, 1: length}}, opset_version=opset,
+                                          dynamo=True, verbose=False)
+            video_prog = torch.onnx.export(vg, (px, text), input_names=list(VIDEO_INPUTS),
+                                           output_names=list(VIDEO_OUTPUTS), opset_version=opset, dynamo=True,
+                                           dynamic_shapes={"pixel_values": {0: b}, "text_features": {0: k}},
+                                           verbose=False)
+    finally:
+        model.use_ops(previous)
+    graphs = {"text": text_prog.model_proto, "video": video_prog.model_proto}
+    for g in graphs.values():
+        expand_reduce_l2(g)
+        onnx.helper.set_model_props(g, {"xclip_engine_graph": "text" if g is graphs["text"] else "video"})
+    return graphs
+
+
+def _versions() -> dict:
+    import onnxruntime
+
+    import xclip_engine
+
+    return {"xclip_engine": xclip_engine.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "opset": OPSET}
+
+
+def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | None = None, tokenizer=None,
+                 labels=None, arch: str | None = None, fp16: bool = False, int8: bool = False,
+                 tensorrt: bool = False, max_batch: int = 8, max_labels: int = 400, check: bool = True,
+                 check_labels=None, echo=print) -> ExportResult:
+    """Export `source` (anything xe.load reads) or an in-memory `model` to the folder `out`.
+
+    Raises ExportCheckFailed when the fp32 graphs disagree with the reference, and
+    trt_runner.TensorRTUnavailable when `tensorrt` is asked for where it cannot run (after the
+    ONNX files and the manifest are written, so the folder still serves ONNX Runtime).
+    """
+    if (source is None) == (model is None):
+        raise ValueError("give a model source (path or registry name) or an in-memory model, not both or neither")
+    if max_batch < 1 or max_labels < 1:
+        raise ValueError(f"max_batch ({max_batch}) and max_labels ({max_labels}) must be at least 1")
+    info = {"model": None, "kind": "in-memory", "origin": ""}
+    out = os.fspath(out)
+    _check_folder(out)                                       # before a long model load
+    if model is None:
+        loaded = load_model(source, arch=arch)
+        model, labels = loaded.model, labels if labels is not None else loaded.labels
+        tokenizer = tokenizer or (ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else None)
+        info = {"model": os.fspath(source), "kind": loaded.kind, "origin": loaded.origin}
+    tokenizer = tokenizer or ClipTokenizer()
+    model = model.eval()
+    config = model.config
+    _prepare_folder(out)
+    fp16 = fp16 or tensorrt                                  # TensorRT builds from the fp16 graphs
+
+    echo(f"exporting {info['model'] or 'the model'} to {out} (torch.onnx, opset {OPSET}) ...")
+    graphs = export_graphs(model)
+    entries = {role: {} for role in graphs}
+    for role, g in graphs.items():
+        entries[role]["fp32"] = _save(g, os.path.join(out, f"{role}.fp32.onnx"))
+        if fp16:
+            entries[role]["fp16"] = _save(to_fp16(g), os.path.join(out, f"{role}.fp16.onnx"))
+        if int8:
+            dst = os.path.join(out, f"{role}.int8.onnx")
+            quantize_int8(os.path.join(out, f"{role}.fp32.onnx"), dst)
+            onnx.checker.check_model(dst)
+            entries[role]["int8"] = file_entry(out, os.path.basename(dst))
+    del graphs
+    tokenizer.save_vocabulary(out)
+    data = {"config": config.to_dict(), "num_frames": config.num_frames, "image_size": config.image_size,
+            "context_length": config.context_length, "preprocessing": preprocessing(config),
+            "precisions": [p for p in ("fp32", "fp16", "int8") if p in entries["text"]], "graphs": entries,
+            "inputs": {"text": list(TEXT_INPUTS), "video": list(VIDEO_INPUTS)},
+            "outputs": {"text": list(TEXT_OUTPUTS), "video": list(VIDEO_OUTPUTS)},
+            "dynamic_axes": {"input_ids": ["K", "L<=77"], "pixel_values": ["B"], "text_features": ["K"],
+                             "logits": ["B", "K"], "video_embeds": ["B"]},
+            "vocab": {"vocab": "vocab.json", "merges": "merges.txt"}, "labels": list(labels) if labels else None,
+            "source": info, "versions": _versions(), "tensorrt": None}
+    write_manifest(out, data)
+    result = ExportResult(out, manifest=data)
+    if check:
+        _run_checks(result, model, tokenizer, check_labels or labels, echo)
+    if tensorrt:
+        _build_tensorrt(result, max_batch, max_labels, echo)
+    return result
+
+
+def _run_checks(result: ExportResult, model, tokenizer, labels, echo) -> None:
+    manifest = read_manifest(result.folder)
+    labels = list(labels)[:16] if labels else load_labels("k400")[:16]
+    ids, px = checks.sample_inputs(model.config, tokenizer, labels, batch=2)
+    ref = checks.reference_outputs(model, ids, px)
+    result.samples = (ref, ids, px)      # the TensorRT engines are checked on the same inputs
+    for precision in manifest.precisions():
+        echo(f"checking the {precision} graphs in ONNX Runtime against the reference ...")
+        result.rows += checks.check_precision(manifest, precision, ref, ids, px)
+    result.ok = all(r.ok for r in result.rows)
+    result.table = checks.format_table(result.rows)
+    data = dict(result.manifest)
+    data["checks"] = [{"file": r.file, "precision": r.precision, "max_rel_error": r.max_error, "note": r.note}
+                      for r in result.rows]
+    write_manifest(result.folder, {k: v for k, v in data.items() if k not in ("format", "format_version")})
+    result.manifest = data
+    echo(result.table)
+    if not result.ok:
+        bad = [r.file for r in result.rows if not r.ok]
+        raise ExportCheckFailed(f"{', '.join(bad)}: ONNX Runtime disagrees with the reference by more than "
+                          f"{checks.FP32_RTOL:g} relative (table above); please report this with the model source")
+
+
+def _build_tensorrt(result: ExportResult, max_batch: int, max_labels: int, echo) -> None:
+    from .trt_runner import build_engine, profiles, require_tensorrt
+
+    trt = require_tensorrt()     # raises TensorRTUnavailable: the ONNX folder above is complete already
+    manifest = read_manifest(result.folder)
+    trt_info = {"max_batch": max_batch, "max_labels": max_labels, "tensorrt_version": trt.__version__,
+                "gpu": torch.cuda.get_device_name()}
+    for role, profile in profiles(manifest.config, max_batch, max_labels).items():
+        plan = os.path.join(result.folder, f"{role}.fp16.plan")
+        echo(f"building the TensorRT {role} engine (B <= {max_batch}, K <= {max_labels}) ...")
+        build_engine(manifest.path(role, "fp16"), plan, profile)
+        trt_info[role] = file_entry(result.folder, os.path.basename(plan))
+    data = {k: v for k, v in result.manifest.items() if k not in ("format", "format_version")}
+    data["tensorrt"] = trt_info
+    write_manifest(result.folder, data)
+    result.manifest = data
+    if result.samples is not None:
+        from .trt_runner import TrtNet
+
+        ref, ids, px = result.samples
+        rows = checks.check_engines(TrtNet(read_manifest(result.folder), "cuda"), trt_info, result.folder, ref, ids, px)
+        result.rows += rows
+        result.table = checks.format_table(result.rows)
+        echo(checks.format_table(rows))
+
+
+__all__ = ["export_model", "export_graphs", "ExportError", "ExportCheckFailed", "ExportResult"]

@@ -1,0 +1,244 @@
+"""ONNX Runtime runner for an export folder: the `net` behind `xe.load(DIR, backend="onnxruntime")`.
+
+Two sessions (text, video) with the interface Model expects of a net: `.config`, `encode_text(ids)`,
+`encode_video(px)`, `video_features(px)`, `__call__(px, text) -> logits`, torch tensors in and out.
+
+Per graph, once per machine (cached in DIR/cache/, keyed by the graph's sha256, the ONNX Runtime
+version and the providers):
+1. ONNX Runtime's transformer optimizer fuses what it recognises (SkipLayerNormalization,
+   QuickGelu, Attention where the pattern holds) into contrib ops;
+2. the fused graph must agree with the plain one on sample inputs (1e-4 relative), else the plain
+   graph is used and the reason recorded;
+3. the session runs with all graph optimizations on and writes its optimized model to the cache,
+   which later loads read directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from xclip_engine.engine.model.layers import causal_eot_trim
+
+from .manifest import ExportFolderError, Manifest
+
+CACHE_DIR = "cache"
+FUSION_RTOL = 1e-4
+
+
+def available_providers(device: torch.device) -> list[str]:
+    """TensorRT or CUDA first when onnxruntime-gpu sees a GPU and the device is cuda, CPU always last."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    chosen = []
+    if device.type == "cuda":
+        chosen = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in have]
+        if not chosen:
+            warnings.warn("device is cuda but this onnxruntime has no CUDA or TensorRT provider (the CPU package "
+                          "is installed?): running on CPU. On a GPU machine install onnxruntime-gpu in place of "
+                          "onnxruntime (pip install 'xclip-engine[gpu]')", stacklevel=3)
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def _provider_options(providers, device, cache_dir):
+    opts = []
+    for p in providers:
+        if p == "TensorrtExecutionProvider":
+            o = {"device_id": device.index or 0, "trt_fp16_enable": False}
+            if cache_dir:
+                o.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache_dir)
+            opts.append(o)
+        elif p == "CUDAExecutionProvider":
+            opts.append({"device_id": device.index or 0})
+        else:
+            opts.append({})
+    return opts
+
+
+def sample_feeds(manifest: Manifest, role: str, batch: int = 2, labels: int = 3, seed: int = 0) -> dict:
+    """Small deterministic inputs of a graph, for parity checks: token-like ids, normal pixels and features."""
+    c = manifest.config
+    rng = np.random.default_rng(seed)
+    if role == "text":
+        ids = np.zeros((labels, 8), dtype=np.int64)
+        ids[:, 0] = 49406                                  # <|startoftext|>
+        for r in range(labels):
+            n = 2 + r % 5                                  # rows of different lengths
+            ids[r, 1:1 + n] = rng.integers(1, 49400, n)
+            ids[r, 1 + n] = 49407                          # <|endoftext|>, the row's argmax
+        return {"input_ids": ids}
+    return {"pixel_values": rng.standard_normal((batch, c.num_frames, 3, c.image_size, c.image_size), np.float32),
+            "text_features": rng.standard_normal((labels, c.embed_dim), np.float32)}
+
+
+def _session(model, providers, provider_options, level="all", optimized_path=None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3   # ORT's warnings about unused initializers are noise to a user
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    src = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(src, so, providers=providers, provider_options=provider_options)
+
+
+def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
+    scale = float(np.abs(b).max()) or 1.0
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) / scale
+
+
+def fuse(path: str, config, role: str):
+    """ONNX Runtime's transformer optimizer (CLIP model type) on the graph at `path` -> (ModelProto, op counts)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, width = ((config.text_heads, config.text_width) if role == "text"
+                    else (config.vision_heads, config.vision_width))
+    # opt_level 0: only the transformer fusions here; the session applies ORT's own optimizations after
+    om = optimize_model(path, model_type="clip", num_heads=heads, hidden_size=width, opt_level=0)
+    stats = {k: v for k, v in om.get_fused_operator_statistics().items() if v}
+    return om.model, stats
+
+
+class GraphSession:
+    """One graph in one ONNX Runtime session, built through the fuse / check / cache steps above."""
+
+    def __init__(self, manifest: Manifest, role: str, precision: str, device: torch.device, fusion: bool = True):
+        self.role, self.precision = role, precision
+        self.path = manifest.path(role, precision)
+        self.expected_inputs = list(manifest.inputs[role])
+        self.expected_outputs = list(manifest.outputs[role])
+        import onnxruntime as ort
+
+        providers = available_providers(device)
+        entry = manifest.graphs[role][precision]
+        tag = "-".join(p.replace("ExecutionProvider", "").lower() for p in providers)
+        key = (f"{role}.{precision}.{entry.get('sha256', 'nohash')[:12]}.ort{ort.__version__}.{tag}"
+               + ("" if fusion else ".nofusion"))
+        cache_dir = os.path.join(manifest.folder, CACHE_DIR)
+        cached = os.path.join(cache_dir, key + ".onnx")
+        info_path = os.path.join(cache_dir, key + ".json")
+        opts = _provider_options(providers, device, cache_dir if _writable(cache_dir) else None)
+        if os.path.isfile(cached) and os.path.isfile(info_path):
+            try:
+                self.session = _session(cached, providers, opts, level="none")
+                with open(info_path, encoding="utf-8") as f:
+                    self.info = json.load(f)
+                self._check_names()
+                return
+            except Exception as e:   # a stale or damaged cache entry is rebuilt, never fatal
+                warnings.warn(f"{cached}: unusable cached graph ({type(e).__name__}); rebuilding it", stacklevel=2)
+        self.info = {"source": os.path.basename(self.path), "fused": {}, "fusion": "off"}
+        graph = self.path
+        try:
+            plain = _session(self.path, providers, opts)
+        except Exception as e:
+            raise ExportFolderError(f"{self.path}: ONNX Runtime cannot load this graph ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:300]}); the file is damaged or not from "
+                                    "xclip-engine export: copy the folder again or re-export it") from None
+        self.session = plain
+        self._check_names()
+        if fusion and precision == "fp32":
+            graph = self._try_fusion(manifest, plain, providers, opts) or self.path
+        if _writable(cache_dir):
+            tmp = cached + f".tmp{os.getpid()}"
+            try:
+                self.session = _session(graph, providers, opts, optimized_path=tmp)
+                os.replace(tmp, cached)
+                with open(info_path + ".tmp", "w", encoding="utf-8") as f:
+                    json.dump(self.info, f, indent=1)
+                os.replace(info_path + ".tmp", info_path)
+                return
+            except Exception as e:   # a full disk or a provider that cannot save: serve, uncached
+                warnings.warn(f"{cache_dir}: cannot cache the optimized graph ({type(e).__name__}: {e}); it is "
+                              "rebuilt on each load", stacklevel=2)
+                for leftover in (tmp, info_path + ".tmp"):
+                    if os.path.exists(leftover):
+                        os.remove(leftover)
+        if graph is not self.path:
+            self.session = _session(graph, providers, opts)
+
+    def _try_fusion(self, manifest, plain, providers, opts):
+        try:
+            fused, stats = fuse(self.path, manifest.config, self.role)
+            self.info["fused"] = stats
+            feeds = sample_feeds(manifest, self.role)
+            want = plain.run(None, feeds)
+            got = _session(fused, providers, opts).run(None, feeds)
+        except Exception as e:   # the optimizer is best effort: the plain graph is always correct
+            self.info["fusion"] = f"failed ({type(e).__name__}: {str(e)[:200]}); plain graph used"
+            return None
+        err = max(_max_rel(g, w) for g, w in zip(got, want))
+        self.info["fusion_max_rel_error"] = err
+        if not np.isfinite(err) or err > FUSION_RTOL:
+            self.info["fusion"] = f"rejected: fused graph differs by {err:.3g} relative; plain graph used"
+            return None
+        self.info["fusion"] = "on"
+        return fused
+
+    def _check_names(self):
+        ins = [i.name for i in self.session.get_inputs()]
+        outs = [o.name for o in self.session.get_outputs()]
+        if ins != self.expected_inputs or outs != self.expected_outputs:
+            raise ExportFolderError(
+                f"{self.path}: the {self.role} graph has inputs {ins} and outputs {outs}; xclip-engine expects "
+                f"inputs {self.expected_inputs} and outputs {self.expected_outputs}. The file was replaced or "
+                "not made by `xclip-engine export`: re-export the folder")
+
+    def run(self, **feeds) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
+
+
+def _writable(folder: str) -> bool:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+class OrtNet:
+    """The two graphs of an export folder behind the net interface of xclip_engine.engine.api.Model."""
+
+    def __init__(self, manifest: Manifest, precision: str = "fp32", device=None, fusion: bool = True):
+        self.manifest, self.precision = manifest, precision
+        self.config = manifest.config
+        self.device = torch.device(device or "cpu")
+        self.text = GraphSession(manifest, "text", precision, self.device, fusion)
+        self.video = GraphSession(manifest, "video", precision, self.device, fusion)
+        self._no_text = np.zeros((1, self.config.embed_dim), np.float32)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [K, C] -> [K, E]; the padding after the longest label is cut first (exact under the causal mask)."""
+        if ids.ndim != 2 or ids.shape[0] == 0:
+            raise ValueError(f"input_ids must be [K, {self.config.context_length}] with K >= 1, got {tuple(ids.shape)}")
+        ids = ids[:, : causal_eot_trim(ids)]
+        out, = self.text.run(input_ids=ids.detach().cpu().numpy().astype(np.int64))
+        return torch.from_numpy(out).to(ids.device)
+
+    def _run_video(self, pixel_values: torch.Tensor, text) -> tuple[torch.Tensor, torch.Tensor]:
+        px = pixel_values.detach().cpu().numpy().astype(np.float32, copy=False)
+        logits, video = self.video.run(pixel_values=px, text_features=text)
+        return torch.from_numpy(logits).to(pixel_values.device), torch.from_numpy(video).to(pixel_values.device)
+
+    def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # the graph needs some text features; one zero row costs nothing next to the video tower
+        return self._run_video(pixel_values, self._no_text)[1]
+
+    def video_features(self, pixel_values):
+        raise NotImplementedError("the exported video graph returns logits and video embeddings, not the visual "
+                                  "tokens of the prompt generator; use backend='reference' for video_features")
+
+    def __call__(self, pixel_values: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        text = text_features.detach().float().cpu().numpy()
+        return self._run_video(pixel_values, text)[0]
+
+    def describe(self) -> dict:
+        return {"precision": self.precision, "providers": self.video.session.get_providers(),
+                "text": self.text.info, "video": self.video.info}

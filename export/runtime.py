@@ -1,0 +1,56 @@
+"""`load_runtime`: an export folder as an xclip_engine Model, on ONNX Runtime or TensorRT.
+
+engine/api.py calls this for `xe.load(DIR, backend="onnxruntime" | "tensorrt")`. The folder holds
+everything (graphs, vocabulary, manifest), so nothing else is read. The returned Model has the
+reference API (encode_text, encode_video, logits, classify) because the runtime nets below have
+the four calls and `.config` that Model uses.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from xclip_engine.engine.api import Model, _default_device
+from xclip_engine.engine.tokenizer import ClipTokenizer
+
+from .manifest import PRECISIONS, ExportFolderError, read_manifest
+
+RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
+
+
+def default_precision(manifest, device: torch.device) -> str:
+    """fp32 on CPU (fp16 has no fast CPU kernels; int8 only when asked for), fp16 on a GPU when exported."""
+    have = manifest.precisions()
+    if device.type == "cuda" and "fp16" in have:
+        return "fp16"
+    return "fp32" if "fp32" in have else have[0]
+
+
+def load_runtime(source, backend: str = "onnxruntime", device=None, precision: str | None = None,
+                 fusion: bool = True) -> Model:
+    """Load the export folder `source` for `backend`; precision: fp32 | fp16 | int8 (ONNX Runtime only)."""
+    if backend not in RUNTIME_BACKENDS:
+        raise ValueError(f"backend {backend!r} is not a runtime backend ({', '.join(RUNTIME_BACKENDS)})")
+    folder = os.fspath(source)
+    manifest = read_manifest(folder)
+    for name in ("vocab.json", "merges.txt"):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise ExportFolderError(f"{folder}: {name} (the tokenizer vocabulary) is missing: a partial copy; "
+                                    "copy the whole folder again or re-export it")
+    tokenizer = ClipTokenizer.from_folder(folder)
+    dev = _default_device(device)
+    if backend == "tensorrt":
+        if precision not in (None, "fp16"):
+            raise ValueError(f"backend 'tensorrt' runs the fp16 engine of the folder, not {precision}")
+        from .trt_runner import TrtNet
+
+        net = TrtNet(manifest, dev)
+    else:
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        from .ort_runner import OrtNet
+
+        net = OrtNet(manifest, precision or default_precision(manifest, dev), dev, fusion=fusion)
+    return Model(net, tokenizer, device=dev, labels=manifest.labels, origin=folder, kind="export", backend=backend)

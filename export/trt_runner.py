@@ -1,0 +1,174 @@
+"""TensorRT engines from the fp16 graphs, and the runner behind `xe.load(DIR, backend="tensorrt")`.
+
+Build: each fp16 ONNX graph (LayerNorm, Softmax, reductions already fp32 with explicit Casts, see
+precision.py) is parsed into a strongly typed network, the form TensorRT 10 builds and the only
+one TensorRT 11 has (it removed BuilderFlag.FP16, DESIGN.md section 5), with one optimization
+profile over the dynamic axes: videos B in 1..max_batch, labels K in 1..max_labels, tokens L in
+1..77. Run: named-tensor I/O on torch CUDA tensors (set_input_shape, set_tensor_address,
+execute_async_v3 on torch's current stream). Calls larger than a profile are split, because
+videos are independent and so are labels (the prompt generator works per video-label pair).
+API: TensorRT Python API, "Migrating from TensorRT 8.x to 10.x" (named tensors, enqueueV3).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from xclip_engine.engine.model.layers import causal_eot_trim
+
+from .manifest import ExportFolderError, Manifest
+
+
+class TensorRTUnavailable(RuntimeError):
+    """No GPU or no tensorrt package: the TensorRT build or run cannot happen here."""
+
+
+def require_tensorrt():
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("TensorRT needs an NVIDIA GPU and this machine has none (torch.cuda.is_available() "
+                                  "is False); build the engines on the GPU machine that will run them: "
+                                  "xclip-engine export --model SOURCE --out DIR --tensorrt")
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise TensorRTUnavailable("the tensorrt package is not installed; on a GPU machine: "
+                                  "pip install 'xclip-engine[gpu]' (see the README)") from None
+    return trt
+
+
+def _logger(trt):
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def build_engine(onnx_path: str, plan_path: str, profile: dict[str, tuple], workspace_gib: float = 4.0) -> None:
+    """Parse `onnx_path` strongly typed, build with one profile {input: (min, opt, max) shapes}, write the plan."""
+    trt = require_tensorrt()
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(os.path.abspath(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{onnx_path}: TensorRT's ONNX parser refused the graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    opt = builder.create_optimization_profile()
+    for name, (lo, mid, hi) in profile.items():
+        opt.set_shape(name, lo, mid, hi)
+    config.add_optimization_profile(opt)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+    tmp = plan_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(plan)
+    os.replace(tmp, plan_path)
+
+
+def profiles(config, max_batch: int, max_labels: int) -> dict[str, dict[str, tuple]]:
+    """The optimization profile of each graph: (min, opt, max) shape of every input."""
+    t, s, e, c = config.num_frames, config.image_size, config.embed_dim, config.context_length
+    k_opt = max(1, min(max_labels, 400))
+    b_opt = max(1, min(max_batch, 8))
+    return {
+        "text": {"input_ids": ((1, 1), (k_opt, 16), (max_labels, c))},
+        "video": {"pixel_values": ((1, t, 3, s, s), (b_opt, t, 3, s, s), (max_batch, t, 3, s, s)),
+                  "text_features": ((1, e), (k_opt, e), (max_labels, e))},
+    }
+
+
+class _Engine:
+    """One deserialized engine and its execution context; runs on torch tensors already on the GPU."""
+
+    def __init__(self, trt, path: str, device: torch.device):
+        with open(path, "rb") as f:
+            data = f.read()
+        self.runtime = trt.Runtime(_logger(trt))
+        with torch.cuda.device(device):
+            self.engine = self.runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise ExportFolderError(f"{path}: TensorRT {trt.__version__} cannot load this engine (built by another "
+                                    "TensorRT version or for another GPU); rebuild it on this machine: "
+                                    "xclip-engine export --model SOURCE --out DIR --tensorrt")
+        self.context = self.engine.create_execution_context()
+        self.device = device
+        self.trt = trt
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
+
+    def __call__(self, **feeds: torch.Tensor) -> list[torch.Tensor]:
+        keep = []
+        for name in self.inputs:
+            x = feeds[name].to(self.device, self.dtypes[name]).contiguous()
+            keep.append(x)
+            self.context.set_input_shape(name, tuple(x.shape))
+            self.context.set_tensor_address(name, x.data_ptr())
+        outs = []
+        for name in self.outputs:
+            y = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device)
+            self.context.set_tensor_address(name, y.data_ptr())
+            outs.append(y)
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed (see its log above)")
+        stream.synchronize()
+        return outs
+
+
+def _torch_dtype(trt, dt):
+    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
+             trt.int64: torch.int64, trt.bool: torch.bool}
+    return table[dt]
+
+
+class TrtNet:
+    """The TensorRT engines of an export folder behind the net interface of engine.api.Model."""
+
+    def __init__(self, manifest: Manifest, device):
+        trt = require_tensorrt()
+        self.device = torch.device(device) if device is not None else torch.device("cuda")
+        if self.device.type != "cuda":
+            raise ValueError(f"backend 'tensorrt' runs on a CUDA device, not {self.device}")
+        info = manifest.tensorrt
+        if not info:
+            raise ExportFolderError(f"{manifest.folder}: has no TensorRT engines; build them on this GPU machine: "
+                                    f"xclip-engine export --model SOURCE --out {manifest.folder} --tensorrt")
+        built = info.get("tensorrt_version")
+        if built and built != trt.__version__:
+            raise ExportFolderError(f"{manifest.folder}: engines built with TensorRT {built}, this is "
+                                    f"{trt.__version__}; engines do not move between versions: rebuild with "
+                                    "xclip-engine export --tensorrt")
+        self.config = manifest.config
+        self.max_batch, self.max_labels = int(info["max_batch"]), int(info["max_labels"])
+        self.text = _Engine(trt, os.path.join(manifest.folder, info["text"]["file"]), self.device)
+        self.video = _Engine(trt, os.path.join(manifest.folder, info["video"]["file"]), self.device)
+
+    def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        ids = ids[:, : causal_eot_trim(ids)]
+        parts = [self.text(input_ids=chunk)[0] for chunk in ids.split(self.max_labels)]
+        return torch.cat(parts).float()
+
+    def _video(self, pixel_values, text):
+        logits, videos = [], []
+        for px in pixel_values.split(self.max_batch):
+            cols, v = [], None
+            for t in text.split(self.max_labels):
+                lg, v = self.video(pixel_values=px, text_features=t)
+                cols.append(lg)
+            logits.append(torch.cat(cols, dim=1))
+            videos.append(v)
+        return torch.cat(logits).float(), torch.cat(videos).float()
+
+    def encode_video(self, pixel_values):
+        return self._video(pixel_values, torch.zeros(1, self.config.embed_dim, device=self.device))[1]
+
+    def video_features(self, pixel_values):
+        raise NotImplementedError("the TensorRT video engine returns logits and video embeddings, not the visual "
+                                  "tokens; use backend='reference' for video_features")
+
+    def __call__(self, pixel_values, text_features):
+        return self._video(pixel_values, text_features)[0]

@@ -1,0 +1,43 @@
+"""One tiny model exported once per test session (fp32 + fp16 + int8), shared by the export tests.
+
+The model is transformers' random init saved with save_pretrained (tests/xclip_factory.py, weights
+scaled so every branch moves the outputs); `reference` is the same folder through xe.load.
+Tests that damage a folder work on a copy (`export_copy`).
+"""
+
+import shutil
+
+import pytest
+from xclip_factory import TINY_HF, hf_model
+
+import xclip_engine as xe
+from xclip_engine.export.onnx_export import export_model
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-hf")
+    hf_model(TINY_HF).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_hf):
+    return xe.load(str(tiny_hf), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_hf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-export") / "onnx"
+    lines = []
+    result = export_model(str(tiny_hf), str(out), fp16=True, int8=True, echo=lines.append)
+    result.log = lines
+    return result
+
+
+@pytest.fixture
+def export_copy(tiny_export, tmp_path):
+    """A private copy of the exported folder (without its cache), for tests that damage it."""
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_export.folder, dst, ignore=shutil.ignore_patterns("cache"))
+    return dst

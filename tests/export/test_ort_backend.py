@@ -1,0 +1,93 @@
+"""The ONNX Runtime backend: the reference API on an export folder, fusions checked, graphs cached."""
+
+import os
+import warnings
+
+import pytest
+import torch
+from helpers import assert_close
+from video_factory import write_index_video
+
+import xclip_engine as xe
+from xclip_engine.export.runtime import load_runtime
+
+LABELS = ["abseiling", "air drumming", "playing guitar", "surfing water", "yoga"]
+
+
+@pytest.fixture(scope="module")
+def ort_model(tiny_export):
+    return xe.load(tiny_export.folder, backend="onnxruntime", device="cpu")
+
+
+def test_same_api_and_outputs_as_the_reference(ort_model, reference):
+    assert ort_model.backend == "onnxruntime" and ort_model.kind == "export"
+    assert (ort_model.num_frames, ort_model.image_size) == (reference.num_frames, reference.image_size)
+    g = torch.Generator().manual_seed(5)
+    for b, k in ((1, 1), (3, 5), (9, 2)):                   # dynamic B and K, including 1
+        px = torch.randn(b, 4, 3, 32, 32, generator=g)
+        text, ref_text = ort_model.encode_text(LABELS[:k]), reference.encode_text(LABELS[:k])
+        assert_close(text, ref_text, rtol=1e-4, name=f"text K={k}")
+        assert_close(ort_model.logits(px, text), reference.logits(px, ref_text), rtol=1e-4, name=f"logits B={b}")
+        assert_close(ort_model.encode_video(px), reference.encode_video(px), rtol=1e-4, name=f"video B={b}")
+    with pytest.raises(NotImplementedError, match="visual tokens"):
+        ort_model.net.video_features(px)
+
+
+def test_token_ids_of_any_padding(ort_model, reference):
+    ids = reference.tokenizer(["a long label with several words in it", "x"])
+    # the runner trims the padding after the longest label; full 77 and trimmed must agree
+    assert_close(ort_model.encode_text(ids), reference.encode_text(ids), rtol=1e-4, name="text from ids")
+    assert_close(ort_model.encode_text(ids[:, :12]), reference.encode_text(ids), rtol=1e-4, name="text, 12 ids")
+
+
+def test_classify_video_files(ort_model, reference, tmp_path):
+    paths = [write_index_video(tmp_path / "a.mp4", 20, codec="h264", size=(64, 48)),
+             write_index_video(tmp_path / "b.webm", 9, codec="vp9", size=(48, 64))]
+    got = ort_model.classify(paths + [str(tmp_path / "missing.mp4")], LABELS, topk=3)
+    want = reference.classify(paths, LABELS, topk=3)
+    for g, w in zip(got, want):
+        assert [lab for lab, _ in g.top] == [lab for lab, _ in w.top]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(g.top, w.top)) < 1e-4
+    assert got[2].error and "missing.mp4" in got[2].error
+
+
+def test_fusions_applied_and_checked(ort_model):
+    info = ort_model.net.describe()
+    assert info["providers"] == ["CPUExecutionProvider"]
+    for role in ("text", "video"):
+        assert info[role]["fusion"] == "on", info[role]
+        assert info[role]["fused"].get("SkipLayerNormalization", 0) > 0
+        assert info[role]["fused"].get("QuickGelu", 0) > 0
+        assert info[role]["fusion_max_rel_error"] <= 1e-4
+
+
+def test_optimized_graph_cached_in_the_folder(export_copy, reference):
+    first = load_runtime(str(export_copy), "onnxruntime", "cpu")
+    cached = sorted(f for f in os.listdir(export_copy / "cache") if f.endswith(".onnx"))
+    assert len(cached) == 2 and all(".fp32." in f for f in cached)
+    stamps = {f: os.path.getmtime(export_copy / "cache" / f) for f in cached}
+    again = load_runtime(str(export_copy), "onnxruntime", "cpu")     # reads the cache, rebuilds nothing
+    assert {f: os.path.getmtime(export_copy / "cache" / f) for f in cached} == stamps
+    assert again.net.describe()["video"] == first.net.describe()["video"]
+    px = torch.randn(2, 4, 3, 32, 32)
+    assert_close(again.logits(px, LABELS), reference.logits(px, LABELS), rtol=1e-4, name="logits from cache")
+    # a damaged cache entry is rebuilt with a warning, never an error
+    video = next(f for f in cached if f.startswith("video"))
+    (export_copy / "cache" / video).write_bytes(b"not a graph")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rebuilt = load_runtime(str(export_copy), "onnxruntime", "cpu")
+    assert any("rebuilding" in str(w.message) for w in caught)
+    assert_close(rebuilt.logits(px, LABELS), reference.logits(px, LABELS), rtol=1e-4, name="logits, rebuilt cache")
+
+
+def test_unwritable_folder_still_serves(export_copy, reference, monkeypatch):
+    # a folder the user cannot write (a shared model store): fused in memory on each load, no cache
+    from xclip_engine.export import ort_runner
+
+    monkeypatch.setattr(ort_runner, "_writable", lambda folder: False)
+    m = load_runtime(str(export_copy), "onnxruntime", "cpu")
+    assert not (export_copy / "cache").exists()
+    assert m.net.describe()["video"]["fusion"] == "on"
+    px = torch.randn(2, 4, 3, 32, 32)
+    assert_close(m.logits(px, LABELS), reference.logits(px, LABELS), rtol=1e-4, name="logits, no cache")
