@@ -1,8 +1,7 @@
 """A tiny transformers-format model folder and a folder of good and bad videos, shared by API/CLI tests."""
 
 import pytest
-from video_factory import (write_audio_only, write_index_video, write_text_as_video, write_truncated_mp4,
-                           write_zero_byte)
+from video_factory import write_audio_only, write_index_video, write_text_as_video, write_truncated_mp4, write_zero_byte
 from xclip_factory import TINY_HF, hf_model
 
 

@@ -15,10 +15,13 @@ def run(args):
     return CliRunner().invoke(export_cmd, args)
 
 
-def test_no_model_is_a_usage_error():
-    r = run(["--out", "x"])
-    assert r.exit_code == 2
-    assert "no --model given" in r.output
+def test_no_model_exports_the_bundled_model(tmp_path):
+    out = tmp_path / "default"
+    r = run(["--out", str(out), "--int8"])
+    assert r.exit_code == 0, r.output
+    assert (out / "manifest.json").is_file()
+    with open(out / "manifest.json") as f:
+        assert "default_model" in f.read()          # the manifest names the source checkpoint
 
 
 def test_unreadable_model_is_a_usage_error(tmp_path):
