@@ -5,7 +5,8 @@
 Writes engine/assets/default_model/ (weights in fp16 safetensors: the model loads them back into
 fp32, and fp16 halves the size; most of it is CLIP's 49,408-token embedding) with the label list,
 and copies the first test clip of `--examples` classes, spread over the label list and each with a
-different motion (labels read "a <colour> <shape> <motion>"), to examples/<index>_<label>.mp4 (the file name says the true class; tests check the model names it).
+different motion (labels read "a <colour> <shape> <motion>"), to examples/<index>_<label>.mp4: the
+file name says the true class.
 """
 
 from __future__ import annotations

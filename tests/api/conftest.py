@@ -1,15 +1,7 @@
-"""A tiny transformers-format model folder and a folder of good and bad videos, shared by API/CLI tests."""
+"""A folder of good and bad videos shared by the API/CLI tests (the tiny model is tests/conftest.py's tiny_hf)."""
 
 import pytest
 from video_factory import write_audio_only, write_index_video, write_text_as_video, write_truncated_mp4, write_zero_byte
-from xclip_factory import TINY_HF, hf_model
-
-
-@pytest.fixture(scope="session")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-xclip")
-    hf_model(TINY_HF).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

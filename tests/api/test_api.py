@@ -9,8 +9,8 @@ import xclip_engine as xe
 
 
 @pytest.fixture(scope="module")
-def model(tiny_folder):
-    return xe.load(str(tiny_folder))
+def model(tiny_hf):
+    return xe.load(str(tiny_hf))
 
 
 def test_model_properties(model):
@@ -71,6 +71,6 @@ def test_missing_file_and_empty_labels(model, tmp_path):
         model.classify([tmp_path / "nope.mp4"])
 
 
-def test_backends_not_built_say_so(tiny_folder):
+def test_backends_not_built_say_so(tiny_hf):
     with pytest.raises(ValueError, match="not one of"):
-        xe.load(str(tiny_folder), backend="cuda-graphs")
+        xe.load(str(tiny_hf), backend="cuda-graphs")

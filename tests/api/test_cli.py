@@ -18,8 +18,8 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_infer_folder_json_answers_every_input(tiny_folder, video_dir, good, bad):
-    r = run("infer", video_dir, "--model", tiny_folder, "--labels", "cooking, dancing, surfing",
+def test_infer_folder_json_answers_every_input(tiny_hf, video_dir, good, bad):
+    r = run("infer", video_dir, "--model", tiny_hf, "--labels", "cooking, dancing, surfing",
             "--format", "json", "--topk", "2")
     assert r.exit_code == 1, r.output                      # some inputs failed
     rows = [json.loads(line) for line in r.stdout.splitlines()]
@@ -36,17 +36,17 @@ def test_infer_folder_json_answers_every_input(tiny_folder, video_dir, good, bad
     assert "4 of 7 inputs failed" in r.stderr
 
 
-def test_infer_all_good_exit_0_csv_and_output_file(tiny_folder, video_dir, tmp_path, good):
+def test_infer_all_good_exit_0_csv_and_output_file(tiny_hf, video_dir, tmp_path, good):
     out = tmp_path / "res.csv"
     files = [video_dir / g for g in good]
-    r = run("infer", *files, "--model", tiny_folder, "--labels", "a, b", "--format", "csv", "--output", out)
+    r = run("infer", *files, "--model", tiny_hf, "--labels", "a, b", "--format", "csv", "--output", out)
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [(row["path"], row["rank"]) for row in rows] == [(str(f), str(k)) for f in files for k in (1, 2)]
 
 
-def test_infer_table_and_bundled_label_set(tiny_folder, video_dir, good):
-    r = run("infer", video_dir / good[0], "--model", tiny_folder, "--labels-file", "hmdb51", "--topk", "3")
+def test_infer_table_and_bundled_label_set(tiny_hf, video_dir, good):
+    r = run("infer", video_dir / good[0], "--model", tiny_hf, "--labels-file", "hmdb51", "--topk", "3")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0] == str(video_dir / good[0]) and len(lines) == 4
@@ -56,10 +56,10 @@ def test_infer_table_and_bundled_label_set(tiny_folder, video_dir, good):
         assert 0 <= float(score) <= 100 and label.strip() in hmdb
 
 
-def test_labels_file_one_per_line(tiny_folder, video_dir, tmp_path, good):
+def test_labels_file_one_per_line(tiny_hf, video_dir, tmp_path, good):
     f = tmp_path / "labels.txt"
     f.write_text("juggling\n\nknitting\n")
-    r = run("infer", video_dir / good[0], "--model", tiny_folder, "--labels-file", f, "--format", "json")
+    r = run("infer", video_dir / good[0], "--model", tiny_hf, "--labels-file", f, "--format", "json")
     assert r.exit_code == 0
     assert {t["label"] for t in json.loads(r.stdout)["top"]} == {"juggling", "knitting"}
 
@@ -70,8 +70,8 @@ def test_labels_file_one_per_line(tiny_folder, video_dir, tmp_path, good):
     (["--labels", "a", "--labels-file", "k400"], "not both"),
     ([], "no labels"),
 ])
-def test_usage_errors_exit_2(tiny_folder, video_dir, args, message, good):
-    r = run("infer", video_dir / good[0], "--model", tiny_folder, *args)
+def test_usage_errors_exit_2(tiny_hf, video_dir, args, message, good):
+    r = run("infer", video_dir / good[0], "--model", tiny_hf, *args)
     assert r.exit_code == 2 and message in r.stderr, r.output
 
 

@@ -1,24 +1,16 @@
 """One tiny model exported once per test session (fp32 + fp16 + int8), shared by the export tests.
 
-The model is transformers' random init saved with save_pretrained (tests/xclip_factory.py, weights
-scaled so every branch moves the outputs); `reference` is the same folder through xe.load.
+The model is `tiny_hf` (tests/conftest.py: transformers' random init, save_pretrained);
+`reference` is the same folder through xe.load.
 Tests that damage a folder work on a copy (`export_copy`).
 """
 
 import shutil
 
 import pytest
-from xclip_factory import TINY_HF, hf_model
 
 import xclip_engine as xe
 from xclip_engine.export.onnx_export import export_model
-
-
-@pytest.fixture(scope="session")
-def tiny_hf(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-hf")
-    hf_model(TINY_HF).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

@@ -125,7 +125,7 @@ def test_tensorrt_backend_without_a_gpu(export_copy):
 def test_tensorrt_backend_without_engines(export_copy):
     pytest.importorskip("tensorrt", reason="needs the tensorrt package and a CUDA GPU")
     if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
+        pytest.skip(reason="needs a CUDA GPU")
     with pytest.raises(ExportFolderError, match="has no TensorRT engines"):
         xe.load(str(export_copy), backend="tensorrt")
 

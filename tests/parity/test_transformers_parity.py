@@ -69,7 +69,7 @@ def test_official_pth_same_outputs(pair):
 
 def test_our_format_round_trip(pair, tmp_path, request):
     if "b32" in request.node.name:
-        pytest.skip("round trip checked on the tiny model; B/32 adds only minutes of disk writes")
+        pytest.skip(reason="round trip checked on the tiny model; B/32 adds only minutes of disk writes")
     folder = pair[1]
     model = xe.load(str(folder))
     xe.save_model(model.net, str(tmp_path / "ours"), labels=["a", "b"])
