@@ -19,17 +19,12 @@ import tempfile
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
 import kernel_bench as kb  # noqa: E402
+from xclip_factory import TINY_HF as SMOKE_CONFIG  # noqa: E402  (the tests' tiny model: one definition)
 
 HF_CONFIGS = {"B/32": {}, "B/16": {"vision_config": {"patch_size": 16}}}
-SMOKE_CONFIG = dict(
-    text_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2),
-    vision_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
-                       image_size=32, patch_size=8, num_frames=2, mit_hidden_size=64,
-                       mit_intermediate_size=256, mit_num_attention_heads=2),
-    projection_dim=64, prompt_num_attention_heads=2,
-)
 
 
 def main(argv=None):

@@ -111,7 +111,7 @@ def load_model(source: str, arch: str | None = None, random_init: bool = False) 
         if source in REGISTRY:
             entry = get_entry(source)
             if random_init or entry.hub_id is None:
-                if entry.hub_id is not None or not random_init:
+                if not random_init:   # a name with no released weights: say so, unless asked for
                     warnings.warn(f"{source}: random weights (no checkpoint loaded)", stacklevel=2)
                 return Loaded(XCLIP(entry.config).eval(), "random", source)
             source = _from_hub(source)
