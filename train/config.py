@@ -39,6 +39,8 @@ class DataSection:
     root: str | None = None          # folder the list paths are relative to; None: the list file's folder
     workers: int = 2                 # DataLoader worker processes per training process
     strict: bool = False             # stop at the first missing or corrupt video instead of skipping it
+    cache: bool = False              # decode every training clip once into memory (small data sets only:
+                                     # T x H x W x 3 bytes per frame, e.g. 24 x 64 x 64 x 3 = 295 KB a clip)
     # training augmentation (official train pipeline, VideoX X-CLIP/datasets/build.py)
     crop_scales: list = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
     flip: float = 0.5

@@ -166,6 +166,37 @@ class ClipDataset(Dataset):
                  aug: DataSection | None = None, seed: int = 0, views: str = "1x1"):
         self.samples, self.num_frames, self.size = samples, num_frames, size
         self.train, self.aug, self.seed, self.views = train, aug or DataSection(), seed, views
+        self.frames: list | None = None   # per sample: every decoded frame, or the error (see cache_frames)
+
+    def cache_frames(self, threads: int = 2, progress=None) -> int:
+        """Decode every training clip once and keep all its frames in memory (uint8 RGB).
+
+        A small data set then costs no decoding after the first pass: the shapes clips decode in
+        a few ms each but an epoch decodes thousands of them, every epoch, in the workers that
+        share the cores with the model. Augmentation still draws from the same frames, so a
+        cached run picks exactly the frames and crops an uncached one would. DataLoader workers
+        are forked after this and share the arrays copy-on-write. Returns the bytes held."""
+        if not self.train:
+            raise ValueError("cache_frames is for training datasets (evaluation decodes each clip once anyway)")
+
+        def load(sample):
+            try:
+                return read_frames(sample.path, range(count_frames(sample.path)))
+            except VideoError as e:
+                return e.message or str(e)
+            except Exception as e:  # a decoder failure is reported per clip, as without the cache
+                return f"could not read the video ({type(e).__name__}: {e})"
+
+        from concurrent.futures import ThreadPoolExecutor  # PyAV releases the GIL while decoding
+
+        frames = []
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for i, item in enumerate(pool.map(load, self.samples)):
+                frames.append(item)
+                if progress is not None:
+                    progress(i + 1, len(self.samples))
+        self.frames = frames
+        return sum(f.nbytes for item in frames if isinstance(item, list) for f in item)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -177,8 +208,13 @@ class ClipDataset(Dataset):
         try:
             if self.train:
                 rng = np.random.default_rng([self.seed, epoch, index])
-                idx = tsn_train_indices(count_frames(s.path), self.num_frames, rng)
-                out["pixels"] = torch.from_numpy(train_transform(read_frames(s.path, idx), self.size, self.aug, rng))
+                cached = None if self.frames is None else self.frames[index]
+                if isinstance(cached, str):
+                    raise VideoError(s.path, cached)
+                n = count_frames(s.path) if cached is None else len(cached)
+                idx = tsn_train_indices(n, self.num_frames, rng)
+                frames = read_frames(s.path, idx) if cached is None else [cached[i] for i in idx]
+                out["pixels"] = torch.from_numpy(train_transform(frames, self.size, self.aug, rng))
             else:
                 out["pixels"] = torch.from_numpy(read_video(s.path, self.num_frames, self.size, self.views))
         except VideoError as e:

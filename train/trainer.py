@@ -236,6 +236,11 @@ def _run(cfg: RunConfig, resume: str | None, d: Dist, quiet: bool) -> dict:
     tokenizer = ClipTokenizer.from_folder(vocab) if vocab else ClipTokenizer()
     ids = tokenizer(labels, context_length=c.context_length).to(d.device)
     dataset = ClipDataset(samples, c.num_frames, c.image_size, train=True, aug=cfg.data, seed=t.seed)
+    if cfg.data.cache:
+        t_cache = time.time()
+        nbytes = dataset.cache_frames(threads=max(1, cfg.data.workers))
+        log.info(f"data.cache: decoded {len(samples)} videos into memory ({nbytes / 2**30:.2f} GiB) "
+                 f"in {time.time() - t_cache:.0f} s")
     mixing = t.mixup > 0 or t.cutmix > 0
     ntrain = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info(f"training {ntrain / 1e6:.2f} M parameters on {len(samples)} videos, {len(labels)} classes, "
@@ -256,7 +261,11 @@ def _run(cfg: RunConfig, resume: str | None, d: Dist, quiet: bool) -> dict:
     model.train()
     while epoch < t.epochs and not stop:
         sampler.set_epoch(epoch, pos)
-        loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=cfg.data.workers,
+        # Cached clips need no decoding, and augmenting a cached clip is cheap: the main process does
+        # it. Forking workers over gigabytes of cached arrays stalled them (seen: a worker idle for
+        # minutes), and their copies would only compete with the model for the cores.
+        loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler,
+                            num_workers=0 if cfg.data.cache else cfg.data.workers,
                             collate_fn=collate, pin_memory=d.device.type == "cuda")
         batches = iter(loader)
         for upd in range(pos, upe):
@@ -339,7 +348,7 @@ def _changed_settings(saved: dict, now: dict) -> list[str]:
     """Keys of the run config that changed between the checkpoint and this run, except those a
     resume is expected to change (where to stop, how often to log or save, workers, paths)."""
     expected = {"stop_at_step", "log_every", "save_every", "out", "workers", "threads", "eval_every",
-                "eval_batch_size", "strict", "train_list", "val_list", "labels", "root", "source"}
+                "eval_batch_size", "strict", "cache", "train_list", "val_list", "labels", "root", "source"}
     return [f"{sec}.{k}" for sec, vals in now.items() for k, v in vals.items()
             if k not in expected and saved.get(sec, {}).get(k, v) != v]
 

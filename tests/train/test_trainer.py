@@ -310,3 +310,33 @@ def test_freeze_text_trains_everything_but_the_text_tower(tmp_path):
     for k, v in init.items():
         same = torch.equal(v, after[k])
         assert same == (k.startswith("text.") or k == "logit_scale"), k
+
+
+def test_frame_cache_gives_the_same_clips_and_the_same_run(tmp_path):
+    data = write_dataset(tmp_path, num_classes=2, per_class=2)
+    with open(os.path.join(tmp_path, "videos", "broken.mp4"), "wb") as f:
+        f.write(b"not a video")
+    with open(data["list"], "a", encoding="utf-8") as f:
+        f.write("videos/broken.mp4 1\n")
+    samples = read_list(data["list"], 2)
+    from xclip_engine.train.data import ClipDataset
+
+    aug = DataSection(flip=0.5, color_jitter=1.0, grayscale=0.5)
+    plain = ClipDataset(samples, 4, 32, train=True, aug=aug, seed=3)
+    cached = ClipDataset(samples, 4, 32, train=True, aug=aug, seed=3)
+    assert cached.cache_frames(threads=2) == 4 * 8 * 48 * 48 * 3
+    for key in [(0, 0), (1, 0), (0, 3), (2, 1)]:
+        np.testing.assert_array_equal(cached[key]["pixels"].numpy(), plain[key]["pixels"].numpy())
+    bad = cached[(0, 4)]   # the broken file is reported by path, as without the cache
+    assert bad["pixels"] is None and bad["error"] and plain[(0, 4)]["pixels"] is None
+    # a whole run with the cache ends on the same weights as one that decodes every epoch
+    runs = {}
+    for cache in (False, True):
+        cfg = load_run_config(None, tiny_overrides(data, tmp_path / f"run{cache}", **{
+            "data.cache": cache, "train.epochs": 2}))
+        runs[cache] = run(cfg, quiet=True)
+    assert runs[True]["step"] == runs[False]["step"] == 2
+    a = torch.load(os.path.join(tmp_path / "runTrue", "last.pt"), weights_only=True)["model"]
+    b = torch.load(os.path.join(tmp_path / "runFalse", "last.pt"), weights_only=True)["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
