@@ -51,12 +51,17 @@ setup(
         # ONNX export and the ONNX Runtime backend on CPU
         "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
         # triton in dev: the kernel parity tests run it in its CPU interpreter (TRITON_INTERPRET=1)
+        # nvidia-dali-cuda120 in dev: its CPU decoder (VP8/VP9/MJPEG) runs the DALI tests without a GPU (2.4 is
+        # the version tested: fn.decoders.video with explicit `frames`)
+        # (a 425 MB wheel, ~0.95 GB installed, 30 s to install); matplotlib draws timelines and benchmark plots
         "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4", 'triton>=3.4; platform_system == "Linux"',
-                "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+                "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
+                'nvidia-dali-cuda120>=2.4; platform_system == "Linux" and platform_machine == "x86_64"',
+                "matplotlib>=3.7"],
         # GPU machines: onnxruntime-gpu INSTEAD of onnxruntime (both install the module `onnxruntime`:
         # uninstall onnxruntime first, see README), TensorRT, Triton
         "gpu": ['triton>=3.4; platform_system == "Linux"', "onnx>=1.17", "onnxscript>=0.5",
-                "onnxruntime-gpu>=1.20", "tensorrt>=10"],
+                "onnxruntime-gpu>=1.20", "tensorrt>=10", "nvidia-dali-cuda120>=2.4"],
     },
     entry_points={"console_scripts": ["xclip-engine=xclip_engine.engine.cli:main"]},
 )

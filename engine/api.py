@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+import threading
+import time
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -20,9 +22,10 @@ from .checkpoint import load_model
 from .labels import check_labels
 from .model import XCLIP
 from .tokenizer import ClipTokenizer
-from .video import VideoError, read_video
+from .video import VideoError, parse_views
 
 BACKENDS = ("reference", "triton", "onnxruntime", "tensorrt")
+DECODERS = ("auto", "dali", "pyav")   # engine.decoders.read_clip: DALI on a GPU where it can, else PyAV
 
 
 @dataclass
@@ -109,14 +112,25 @@ class Model:
         return self.net(self._pixels(pixel_values), text.to(self.device))
 
     # ---- files -> answers -----------------------------------------------------------------
-    def classify(self, paths, labels=None, topk: int = 5, views: str = "1x1", batch_size: int = 8):
+    def classify(self, paths, labels=None, topk: int = 5, views: str = "1x1", batch_size: int = 8,
+                 workers: int = 2, decoder: str = "auto"):
         """Classify video files; one Prediction per path, in order, errors included."""
-        return list(self.classify_iter(paths, labels, topk, views, batch_size))
+        return list(self.classify_iter(paths, labels, topk, views, batch_size, workers=workers, decoder=decoder))
 
     def classify_iter(self, paths, labels=None, topk: int = 5, views: str = "1x1", batch_size: int = 8,
-                      workers: int = 2):
+                      workers: int = 2, decoder: str = "auto", prefetch: int | None = None,
+                      timings: dict | None = None):
         """Yield Predictions in input order; a video that fails to decode yields its error, and
-        the others still get answers. Decoding runs ahead in threads (PyAV releases the GIL)."""
+        the others still get answers.
+
+        Decoding is pipelined: `workers` threads (PyAV and DALI release the GIL) decode ahead of
+        the model, at most `prefetch` videos beyond the batch being scored (default
+        batch_size + workers: the whole next batch decodes while this one runs through the
+        model). Memory therefore stays flat however many paths there are; `paths` may be any
+        iterable, read lazily. `decoder` (auto | dali | pyav) goes to engine.decoders.read_clip.
+        `timings`, a dict, gets decode_s (summed over workers), wait_s (the model waiting for
+        decoded videos), model_s and videos added to it: where the time went.
+        """
         if labels is None:
             if not self.labels:
                 raise ValueError("no labels given and the model has no label set of its own: pass labels")
@@ -124,38 +138,93 @@ class Model:
         labels = check_labels(labels)
         if batch_size < 1 or topk < 1:
             raise ValueError(f"batch_size ({batch_size}) and topk ({topk}) must be at least 1")
+        if workers < 1:
+            raise ValueError(f"workers ({workers}) must be at least 1")
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
+        parse_views(views)  # a bad views string is the caller's error, not every video's
+        from .decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed, read_clip
+
+        if decoder == "dali" and not dali_installed():
+            # the environment's problem, not each video's: say it once instead of failing every input
+            raise DecoderUnavailableError(f"decoder 'dali' needs NVIDIA DALI, which is not installed: "
+                                          f"`{DALI_INSTALL}` (or use decoder 'pyav' / 'auto')")
+
+        limit = max(1, batch_size + workers if prefetch is None else prefetch)
         text = self.encode_text(labels)
         k = min(topk, len(labels))
         c = self.config
+        clock = timings if timings is not None else {}
+        for key in ("decode_s", "wait_s", "model_s"):
+            clock.setdefault(key, 0.0)
+        clock.setdefault("videos", 0)
+        # DALI decodes on the model's device (a CPU model: DALI's CPU decoder, or PyAV)
+        read_args = dict(num_frames=c.num_frames, size=c.image_size, views=views, decoder=decoder,
+                         device=str(self.device))
+        return self._pipeline(paths, read_clip, read_args, text, labels, k, batch_size, workers, limit, clock,
+                              DecoderUnavailableError)
+
+    def _pipeline(self, paths, read_clip, read_args, text, labels, k, batch_size, workers, limit, clock,
+                  fatal=()):
+        lock = threading.Lock()   # the workers add up their decode times in one dict
 
         def decode(path):
+            t0 = time.perf_counter()
             try:
-                return read_video(path, num_frames=c.num_frames, size=c.image_size, views=views), None
+                return read_clip(path, **read_args), None
             except VideoError as e:
                 return None, str(e)
-            except Exception as e:  # an unexpected decoder failure must not end the batch
+            except fatal:
+                raise   # the decoder cannot run here at all: stop (future.result() re-raises it)
+            except Exception as e:  # an unexpected decoder failure must not end the run
                 return None, f"{path}: could not read the video ({type(e).__name__}: {e})"
+            finally:
+                with lock:
+                    clock["decode_s"] += time.perf_counter() - t0
 
-        paths = [os.fspath(p) for p in paths]
-        batch: list = []
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for path, (clip, err) in zip(paths, pool.map(decode, paths)):
+        source = (os.fspath(p) for p in paths)
+        pending: deque = deque()    # (path, future) in input order: the bounded queue
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xclip-decode")
+
+        def refill():
+            while len(pending) < limit:
+                path = next(source, None)
+                if path is None:
+                    return
+                pending.append((path, pool.submit(decode, path)))
+
+        try:
+            refill()
+            batch: list = []
+            while pending:
+                path, future = pending.popleft()
+                t0 = time.perf_counter()
+                clip, err = future.result()
+                clock["wait_s"] += time.perf_counter() - t0
+                refill()            # keep the workers busy while this batch is scored
                 batch.append((path, clip, err))
                 if sum(clip is not None for _, clip, _ in batch) >= batch_size:
-                    yield from self._score(batch, text, labels, k)
+                    yield from self._score(batch, text, labels, k, clock)
                     batch = []
-            yield from self._score(batch, text, labels, k)
+            yield from self._score(batch, text, labels, k, clock)
+        finally:
+            # A consumer that stops early (an error, Ctrl-C) must not wait for the queued decodes.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     @torch.inference_mode()
-    def _score(self, batch, text, labels, k):
+    def _score(self, batch, text, labels, k, clock=None):
         clips = [clip for _, clip, _ in batch if clip is not None]
         probs = iter(())
         if clips:
+            t0 = time.perf_counter()
             views = np.concatenate(clips)                                    # [sum V, T, 3, S, S]
             p = self.net(self._pixels(views), text).float().softmax(dim=-1)  # [sum V, K]
             counts = [len(c) for c in clips]
             # multi-view: average the softmax scores of each video's views (official 4x3 test)
             probs = iter(torch.stack([g.mean(0) for g in p.split(counts)]).cpu())
+            if clock is not None:
+                clock["model_s"] += time.perf_counter() - t0
+                clock["videos"] += len(clips)
         for path, clip, err in batch:
             if clip is None:
                 yield Prediction(path, error=err)
@@ -178,21 +247,35 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
          random_init: bool = False, precision: str | None = None) -> Model:
     """Load X-CLIP from a registry name, a transformers folder, an official .pth, our checkpoint,
     or (backends onnxruntime / tensorrt) an export folder. No source: the bundled default model.
-    `precision` (fp32 | fp16 | int8) picks the graphs of an export folder."""
+
+    backend "auto" picks the fastest path that computes the right answers here (engine/backend_choice.py:
+    triton on a CUDA GPU, bf16 on a CPU with AMX, the runtime of an export folder) and says which, and
+    why, in `model.backend_note`. `precision`: fp32 | fp16 | int8 picks the graphs of an export folder;
+    for the reference backend fp32 (default) or bf16 (engine/fast_cpu.py: fast on AMX CPUs)."""
     if source is None:
         source = default_model_path()
-    if backend not in BACKENDS:
-        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend not in ("auto",) + BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
+    note = None
+    if backend == "auto":
+        from .backend_choice import choose_backend
+
+        backend, precision, note = choose_backend(source, device, precision)
     if backend in ("onnxruntime", "tensorrt"):
         try:
             from xclip_engine.export.runtime import load_runtime
         except ImportError as e:
             raise NotImplementedError(f"backend {backend!r} is not available in this version of xclip-engine "
                                       f"({e}); use backend='reference'") from None
-        return load_runtime(source, backend=backend, device=device, precision=precision)
-    if precision is not None:
-        raise ValueError(f"precision={precision!r} applies to export folders (backend 'onnxruntime' or 'tensorrt'); "
-                         f"backend {backend!r} runs the checkpoint in fp32")
+        model = load_runtime(source, backend=backend, device=device, precision=precision)
+        model.backend_note = note or f"{backend} ({getattr(model.net, 'precision', None) or precision or 'default'})"
+        return model
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"precision={precision!r}: backend {backend!r} runs a checkpoint in fp32 or bf16; fp16 and "
+                         "int8 are graphs of an export folder (xclip-engine export, then backend 'onnxruntime' or "
+                         "'tensorrt')")
+    if precision == "bf16" and backend != "reference":
+        raise ValueError(f"precision='bf16' runs on backend 'reference' (the {backend} kernels are fp32/fp16)")
     loaded = load_model(source, arch=arch, random_init=random_init)
     net = loaded.model
     if backend == "triton":
@@ -202,6 +285,12 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
             raise NotImplementedError(f"backend 'triton' is not available in this version of xclip-engine "
                                       f"({e}); use backend='reference'") from None
         net.use_ops(triton_ops(device))
+    if precision == "bf16":
+        from .fast_cpu import to_bf16
+
+        to_bf16(net.eval())
     tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
-    return Model(net, tokenizer, device=device, labels=loaded.labels, origin=loaded.origin,
-                 kind=loaded.kind, backend=backend)
+    model = Model(net, tokenizer, device=device, labels=loaded.labels, origin=loaded.origin,
+                  kind=loaded.kind, backend=backend)
+    model.backend_note = note or f"{backend} ({precision or 'fp32'}, asked for)"
+    return model

@@ -7,30 +7,12 @@ the others), 2 for a usage error (bad option, unreadable model, empty label list
 from __future__ import annotations
 
 import csv
-import json
+import importlib.util
 import os
 import sys
+import time
 
 import click
-
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv",
-                    ".3gp", ".ogv", ".ts", ".mts"}
-
-
-def expand_inputs(items) -> list[str]:
-    """Files as given; directories walked (sorted) for files with a video extension."""
-    out = []
-    for item in items:
-        if os.path.isdir(item):
-            found = []
-            for root, dirs, files in os.walk(item):
-                dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files)
-                          if os.path.splitext(f)[1].lower() in VIDEO_EXTENSIONS]
-            out += found or [item]   # an empty folder is reported, not silently dropped
-        else:
-            out.append(item)
-    return out
 
 
 def _usage_error(msg: str):
@@ -63,24 +45,90 @@ def models_cmd():
 @click.option("--labels", "labels_text", default=None, help='Comma-separated labels: "cooking, dancing".')
 @click.option("--labels-file", default=None,
               help="One label per line, an id,name CSV, or a bundled set: k400, k600, hmdb51, ucf101.")
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+              help="Which files of a folder input to read, e.g. '*.mp4' (quote it; repeat for several; "
+                   "case-insensitive; a pattern with / matches the path below the folder). Default: the usual "
+                   "video extensions. Files named on the command line are always read.")
 @click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--views", default="1x1", show_default=True, type=click.Choice(["1x1", "4x3"]),
               help="Test views: 1x1 (one clip, center crop) or 4x3 (4 clips x 3 crops, scores averaged).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(["table", "json", "csv"]))
-@click.option("--output", "-o", default=None, help="Write results to this file instead of stdout.")
-@click.option("--backend", default="reference", show_default=True,
-              type=click.Choice(["reference", "triton", "onnxruntime", "tensorrt"]))
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Which graphs of an export folder to run (backends onnxruntime / tensorrt).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Decode threads; they decode the next batch while the model runs this one.")
+@click.option("--decoder", default="auto", show_default=True, type=click.Choice(["auto", "dali", "pyav"]),
+              help="Video decoder: dali (NVIDIA DALI, GPU), pyav (FFmpeg, CPU), auto (DALI where it can).")
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "json", "jsonl", "csv"]),
+              help="json and jsonl are the same: one JSON object per line, "
+                   '{"path": ..., "top": [{"label": ..., "score": ...}], "error": null}.')
+@click.option("--output", "-o", default=None, metavar="FILE",
+              help="Write results to FILE instead of stdout, line by line as they come. With --shard I/N "
+                   "(or torchrun) and N > 1, shard I writes FILE with .shard-I-of-N before its extension: "
+                   "out.jsonl -> out.shard-0-of-4.jsonl.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run: inputs already answered without error in --output (JSON lines) "
+                   "are skipped, failed ones are tried again, the rest is appended.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Answer only shard I of N (0-based): the inputs whose position in the sorted input list "
+                   "% N == I. Default under torchrun: RANK/WORLD_SIZE.")
+@click.option("--window", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Classify windows of SECONDS along each video instead of the whole video: one JSON line "
+                   "(a timeline) per video.")
+@click.option("--stride", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Step between windows (with --window; default: the window length).")
+@click.option("--plot", default=None, metavar="FILE.png",
+              help="With --window: draw the timeline to FILE.png (several videos: FILE.<video name>.png).")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "reference", "triton", "onnxruntime", "tensorrt"]),
+              help="auto: the fastest path that gives the reference's answers on this machine (triton on a "
+                   "GPU, bf16 on a CPU with AMX, ONNX Runtime for an export folder); stderr says which it took.")
+@click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
+              help="fp32 or bf16 for a checkpoint (backend reference); fp32, fp16 or int8 picks the graphs of an "
+                   "export folder (backends onnxruntime / tensorrt).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu).")
-def infer_cmd(inputs, model_src, arch, labels_text, labels_file, topk, views, batch_size, fmt, output,
-              backend, precision, device):
-    """Classify VIDEOS (files or folders of videos) against a label set."""
+@click.pass_context
+def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, topk, views, batch_size, workers,
+              decoder, fmt, output, resume, shard, window, stride, plot, backend, precision, device):
+    """Classify VIDEOS (files or folders of videos) against a label set.
+
+    Folders are searched recursively; inputs are answered in sorted path order, each once.
+    Exit status: 0 all answered, 1 some failed (the others are still answered), 2 usage error.
+    """
     from .api import load
     from .checkpoint import CheckpointError
+    from .decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed
+    from .inputs import discover_inputs
     from .labels import load_labels, parse_labels
+    from .results import (
+        ResultsFileError,
+        ShardError,
+        parse_shard,
+        read_for_resume,
+        shard_from_env,
+        shard_output_path,
+        take_shard,
+    )
 
+    fmt = "jsonl" if fmt == "json" else fmt   # one format, two names (json was always JSON lines)
+    if window is None and (stride is not None or plot is not None):
+        _usage_error("--stride and --plot go with --window SECONDS")
+    if window is not None:
+        if fmt != "jsonl" and ctx.get_parameter_source("fmt") != click.core.ParameterSource.DEFAULT:
+            _usage_error("--window writes one JSON line (a timeline) per video: use --format jsonl")
+        if views != "1x1":
+            _usage_error("--window classifies each window with one view: drop --views")
+        fmt = "jsonl"
+    if decoder == "dali" and not dali_installed():
+        _usage_error(f"--decoder dali needs NVIDIA DALI, which is not installed: `{DALI_INSTALL}` "
+                     "(or use --decoder pyav / auto)")
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        _usage_error("--plot needs matplotlib: `pip install matplotlib`")
+    if resume and (output is None or fmt != "jsonl"):
+        _usage_error("--resume continues a JSON lines file: pass --output FILE --format jsonl")
+    try:
+        index, count = parse_shard(shard) if shard is not None else (shard_from_env() or (0, 1))
+    except ShardError as e:
+        _usage_error(str(e))
     if labels_text is not None and labels_file is not None:
         _usage_error("give either --labels or --labels-file, not both")
     try:
@@ -88,6 +136,18 @@ def infer_cmd(inputs, model_src, arch, labels_text, labels_file, topk, views, ba
                   else load_labels(labels_file) if labels_file is not None else None)
     except ValueError as e:
         _usage_error(str(e))
+
+    found = discover_inputs(inputs, globs)
+    paths = take_shard(found.paths, index, count)
+    out_path = shard_output_path(output, index, count) if output else None
+    done = set()
+    if resume:
+        try:
+            done = read_for_resume(out_path, paths)
+        except ResultsFileError as e:
+            _usage_error(str(e))
+    todo = [p for p in paths if p not in done]
+
     try:
         model = load(model_src, backend=backend, device=device, arch=arch, precision=precision)
     except (CheckpointError, KeyError, ValueError, NotImplementedError, OSError) as e:
@@ -95,39 +155,109 @@ def infer_cmd(inputs, model_src, arch, labels_text, labels_file, topk, views, ba
     if model_src is None:
         click.echo("using the bundled demonstration model (shapes data set); pass --model for a real X-CLIP",
                    err=True)
+    click.echo(f"backend: {model.backend_note}", err=True)
     if labels is None and not model.labels:
         _usage_error("no labels: pass --labels \"a, b, c\" or --labels-file FILE (or k400, k600, hmdb51, ucf101)")
 
-    paths = expand_inputs(inputs)
-    out = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
-    failed = 0
-    try:
-        from tqdm import tqdm
+    if window is not None:
+        answers = _timelines(model, todo, found.errors, labels or model.labels, window, stride or window, topk,
+                             decoder, plot)
+    else:
+        answers = _predictions(model, todo, found.errors, labels, topk, views, batch_size, workers, decoder)
 
+    from tqdm import tqdm
+
+    out = open(out_path, "a" if resume else "w", encoding="utf-8", newline="") if out_path else sys.stdout
+    failed, start = 0, time.perf_counter()
+    try:
         writer = _writer(fmt, out, topk)
-        results = model.classify_iter(paths, labels, topk=topk, views=views, batch_size=batch_size)
-        with tqdm(total=len(paths), unit="video", file=sys.stderr, disable=len(paths) <= 3,
-                  desc="infer") as bar:
-            for pred in results:
-                if os.path.isdir(pred.path):
-                    pred.error = f"{pred.path}: a folder with no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})"
-                failed += pred.error is not None
-                writer(pred)
+        with tqdm(total=len(todo), unit="video", file=sys.stderr, disable=len(todo) <= 3, desc="infer") as bar:
+            for answer in answers:
+                failed += _error_of(answer) is not None
+                writer(answer)
                 bar.update(1)
+    except DecoderUnavailableError as e:   # the decoder cannot run here at all: a usage error
+        _usage_error(str(e))
     finally:
-        if output:
+        if out_path:
             out.close()
+    elapsed = time.perf_counter() - start
+    where = f" in {out_path}" if out_path else " above"
+    shard_note = f" (shard {index} of {count}: {len(paths)} of {len(found.paths)} inputs)" if count > 1 else ""
+    skipped = f", skipped {len(done)} already answered{where}" if resume else ""
+    click.echo(f"infer{shard_note}: videos {len(todo)}, answered {len(todo) - failed}, failed {failed}{skipped}, "
+               f"elapsed {elapsed:.1f} s, {len(todo) / elapsed if elapsed > 0 else 0.0:.2f} videos/s", err=True)
     if failed:
-        click.echo(f"{failed} of {len(paths)} inputs failed; see their errors above", err=True)
+        click.echo(f"{failed} of {len(todo)} inputs failed; see their errors{where}", err=True)
     sys.exit(1 if failed else 0)
 
 
+def _error_of(answer):
+    return answer.get("error") if isinstance(answer, dict) else answer.error
+
+
+def _predictions(model, paths, known_errors, labels, topk, views, batch_size, workers, decoder):
+    """Predictions in the order of `paths`; inputs with a known error (an empty folder) skip the decoders."""
+    from .api import Prediction
+
+    decoded = model.classify_iter((p for p in paths if p not in known_errors), labels, topk=topk, views=views,
+                                  batch_size=batch_size, workers=workers, decoder=decoder)
+    for path in paths:
+        yield Prediction(path, error=known_errors[path]) if path in known_errors else next(decoded)
+    decoded.close()
+
+
+def _timelines(model, paths, known_errors, labels, window, stride, topk, decoder, plot):
+    """--window: one timeline dict per video (engine.timeline), its error instead where it fails."""
+    from .timeline import classify_windows, plot_timeline
+    from .video import VideoError
+
+    plots = _plot_paths(plot, paths) if plot else {}
+    for path in paths:
+        if path in known_errors:
+            yield {"path": path, "error": known_errors[path]}
+            continue
+        try:
+            row = dict(classify_windows(model, path, labels, window=window, stride=stride, topk=topk,
+                                        decoder=decoder))
+        except VideoError as e:
+            yield {"path": path, "error": str(e)}
+            continue
+        except Exception as e:  # one video's failure must not end the run
+            yield {"path": path, "error": f"{path}: could not classify its windows ({type(e).__name__}: {e})"}
+            continue
+        row.setdefault("path", path)
+        row.setdefault("error", None)
+        if path in plots:
+            try:
+                plot_timeline(row, plots[path])
+            except Exception as e:
+                row["error"] = f"{path}: could not plot the timeline to {plots[path]} ({type(e).__name__}: {e})"
+        yield row
+
+
+def _plot_paths(plot, paths) -> dict:
+    """--plot FILE.png: that file for one video; FILE.<video name>.png for several (numbered if names repeat)."""
+    if len(paths) == 1:
+        return {paths[0]: plot}
+    stem, ext = os.path.splitext(plot)
+    out, used = {}, set()
+    for i, path in enumerate(paths):
+        name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or f"video{i}"
+        candidate = f"{stem}.{name}{ext or '.png'}"
+        if candidate in used:
+            candidate = f"{stem}.{name}-{i}{ext or '.png'}"
+        used.add(candidate)
+        out[path] = candidate
+    return out
+
+
 def _writer(fmt, out, topk):
-    if fmt == "json":
-        def write(p):
-            out.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
-            out.flush()
-        return write
+    if fmt == "jsonl":
+        from .results import JsonlWriter
+
+        lines = JsonlWriter(out)
+        return lambda answer: lines(answer if isinstance(answer, dict) else answer.to_dict())
     if fmt == "csv":
         w = csv.writer(out)
         w.writerow(["path", "rank", "label", "score", "error"])

@@ -164,6 +164,13 @@ class _Video:
             raise VideoError(self.path, f"cannot be opened as a video ({e.__class__.__name__}: {e}); "
                              "it is damaged, truncated or not a video: download it again or "
                              + _REENCODE) from None
+        fmt = getattr(self.container.format, "name", "") or ""
+        if fmt == "image2" or fmt.endswith("_pipe"):
+            # FFmpeg's still-image demuxers (png_pipe, jpeg_pipe, ...) open a photo as a one-frame
+            # "video"; classifying it as a video would answer silently for a file that is not one.
+            self.close()
+            raise VideoError(self.path, f"is a still image ({fmt.removesuffix('_pipe')}), not a video; "
+                             "pass a video file")
         attached = int(getattr(getattr(av.stream, "Disposition", None), "attached_pic", 0))
         streams = [s for s in self.container.streams.video if not int(s.disposition) & attached]
         if not streams:
@@ -263,11 +270,27 @@ class _Video:
         self._open()
         return self.container.demux(self.stream)
 
+    def _skip_unkept(self, packets, wanted_pts: set):
+        """Pass ``packets`` on, letting the decoder drop the non-reference frames we do not keep.
+
+        ``skip_frame = NONREF`` only skips frames no other frame predicts from, so every kept
+        frame decodes bit-identically; the frames to keep are decoded with DEFAULT. FFmpeg's
+        frame threads copy the setting when a packet is submitted. Should a decoder apply it
+        late and drop a kept frame, ``read`` sees it missing and falls back to a full pass."""
+        ctx = self.stream.codec_context
+        try:
+            for pkt in packets:
+                ctx.skip_frame = "DEFAULT" if pkt.pts in wanted_pts else "NONREF"
+                yield pkt
+        finally:
+            ctx.skip_frame = "DEFAULT"
+
     def read(self, indices: Sequence[int]) -> list[np.ndarray]:
         """Frames at ``indices`` via the packet index and keyframe seeks; raises _Mismatch."""
         if not self.exact:
             return self.read_sequential(indices)
         wanted = set(indices)
+        wanted_pts = {self.pts[self.order[r]] for r in wanted}
         groups: dict[int, list[int]] = {}
         for r in sorted(wanted):
             start = self._seek_packet(self.order[r])
@@ -277,7 +300,7 @@ class _Video:
             if all(r in got for r in ranks):
                 continue  # already decoded on the way to an earlier group
             last_pts = self.pts[self.order[ranks[-1]]]
-            for frame in self._frames(self._packets_from(start)):
+            for frame in self._frames(self._skip_unkept(self._packets_from(start), wanted_pts)):
                 r = self.rank.get(frame.pts)
                 if r in wanted and r not in got:
                     got[r] = _to_rgb(frame)

@@ -1,0 +1,225 @@
+"""The performance ladder (issue 7): every way to run X-CLIP here, from transformers' eager model up.
+
+    python benchmarks/ladder.py            # B/32 and B/16 8 frames, batch 1 and 8, K = 400, every rung
+    python benchmarks/ladder.py --quick    # B/32 only, batch 8 and 1, fewer repeats, no torch.compile (< 5 min)
+    python benchmarks/ladder.py --growth   # how cost grows with T, B and K (benchmarks/ladder_growth.py)
+
+Same random weights on every rung (transformers builds them; xe.load and the export read the saved
+folder), the same videos and the same K labels. Each rung runs in a fresh process (peak memory is
+that process's, nothing carries over) and its warm-up call is not timed; videos/s is from the best
+call (interference from other users of the machine only adds time), p50/p90 from all of them.
+FLOPs are counted by torch.utils.flop_counter (ladder_rungs.count_flops), the machine's matmul
+rate is a 2048^3 matmul in fp32 and bf16 measured in the same run, and every rung's logits are
+compared with our fp32 reference on the same videos (max error as % of the logit range, top-1
+agreement). Writes benchmarks/results/ladder.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_export import _HFVideoTower  # noqa: E402
+from common import machine, matmul_gflops  # noqa: E402
+from ladder_report import summarize, targets, write_all  # noqa: E402
+from ladder_rungs import COMPILE_RUNGS, ONNX_RUNGS, RUNGS, run_rung  # noqa: E402
+
+# transformers XCLIPConfig keyword arguments of each model (its defaults are B/32, 8 frames)
+MODELS = {
+    "B/32": {},
+    "B/16": {"vision_config": {"patch_size": 16}},
+    # --smoke: every rung in seconds, to check the machinery, not to measure anything
+    "tiny": {"text_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                             "num_attention_heads": 2},
+             "vision_config": {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+                               "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "num_frames": 4,
+                               "mit_hidden_size": 64, "mit_intermediate_size": 256, "mit_num_attention_heads": 2},
+             "projection_dim": 64, "prompt_num_attention_heads": 2},
+}
+
+
+def label_names(k: int) -> list[str]:
+    """K Kinetics-400 class names; beyond 400, numbered variants (different texts, same lengths)."""
+    import xclip_engine as xe
+
+    base = xe.load_labels("k400")
+    return [base[i % len(base)] + ("" if i < len(base) else f" {i // len(base)}") for i in range(k)]
+
+
+def _gpu_with_tensorrt() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None
+
+
+def prepare(work: str, model: str, batches, k: int, echo=print, export: bool = True) -> None:
+    """The shared inputs of all rungs: weights, labels, videos, our export and the plain export of HF's tower."""
+    from transformers import XCLIPConfig, XCLIPModel
+
+    from xclip_engine.export.onnx_export import export_model
+    from xclip_engine.export.runtime import load_runtime
+
+    torch.manual_seed(0)
+    hf = XCLIPModel(XCLIPConfig(**MODELS[model])).eval()
+    hf.save_pretrained(os.path.join(work, "hf"))
+    with open(os.path.join(work, "labels.json"), "w") as f:
+        json.dump(label_names(k), f)
+    vc = hf.config.vision_config
+    g = torch.Generator().manual_seed(0)
+    for b in batches:
+        px = torch.randn(b, vc.num_frames, 3, vc.image_size, vc.image_size, generator=g)
+        np.save(os.path.join(work, f"pixels_b{b}.npy"), px.numpy())
+    if not export:
+        return
+    echo(f"{model}: exporting ours (fp32 + int8) ...")
+    quiet = (lambda *a, **kw: None)
+    export_model(os.path.join(work, "hf"), os.path.join(work, "onnx"), int8=True, tensorrt=_gpu_with_tensorrt(),
+                 check=False, echo=quiet)
+    echo(f"{model}: plain torch.onnx.export of transformers' video tower ...")
+    px = torch.randn(2, vc.num_frames, 3, vc.image_size, vc.image_size)
+    prog = torch.onnx.export(_HFVideoTower(hf).eval(), (px,), input_names=["pixel_values"], dynamo=True,
+                             dynamic_shapes={"pixel_values": {0: torch.export.Dim("B", min=1)}}, verbose=False)
+    prog.save(os.path.join(work, "hf_video.onnx"))
+    for precision in ("fp32", "int8"):   # the first load fuses and caches; rungs time cached loads
+        load_runtime(os.path.join(work, "onnx"), "onnxruntime", "cpu", precision=precision)
+
+
+def _rung_in_subprocess(rung, work, batch, repeats) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--rung", rung, "--work", work, "--batch", str(batch),
+           "--repeats", str(repeats)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    lines = r.stdout.strip().splitlines()
+    if r.returncode != 0 or not lines:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+        return {"rung": rung, "batch": batch, "skipped": f"failed (exit {r.returncode}): {' / '.join(tail)}"}
+    return json.loads(lines[-1])
+
+
+def run_ladder(args) -> dict:
+    models = ["tiny"] if args.smoke else ["B/32"] if args.quick else args.models
+    batches = args.batches or ([2] if args.smoke else [8, 1])
+    repeats = args.repeats or (1 if args.smoke else 2 if args.quick else 3)
+    rounds = args.rounds or (1 if (args.smoke or args.quick) else 2)
+    leave_out = {r: "left out of --smoke/--quick: torch.compile compiles each shape for minutes here; "
+                 "run the full ladder" for r in COMPILE_RUNGS} if (args.smoke or args.quick) else {}
+    run = ((lambda rung, w, b, n: run_rung(rung, w, b, n)) if args.in_process or args.smoke
+           else _rung_in_subprocess)
+    echo = (lambda *a: None) if args.json_only else (lambda *a: print(*a, flush=True))
+
+    # ours_fp32 first: every other rung's logits are compared with its
+    rungs = ["ours_fp32"] + [r for r in RUNGS if r != "ours_fp32" and (not args.rungs or r in args.rungs)]
+    n = 512 if args.smoke else 2048
+    mm = {"fp32": matmul_gflops(n, torch.float32), "bf16": matmul_gflops(n, torch.bfloat16)}
+    echo(f"matmul {n}^3: fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {mm['bf16']:.0f} GFLOP/s, "
+         f"{torch.get_num_threads()} threads")
+    records = []
+    for model in models:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = os.path.join(args.work, model.replace("/", "")) if args.work else tmp
+            no_gpu = set() if torch.cuda.is_available() else {"tensorrt_fp16"}   # it skips without exports
+            export = bool(set(rungs) & (ONNX_RUNGS - no_gpu))
+            if not os.path.isfile(os.path.join(work, "hf_video.onnx" if export else "labels.json")):
+                os.makedirs(work, exist_ok=True)
+                prepare(work, model, batches, args.labels, echo, export=export)
+            # per batch: transformers' forward encodes the K labels once per call, so its per-video work
+            # depends on the batch
+            flops = {b: run("flops", work, b, 1) for b in batches}
+            echo(f"{model}: {json.dumps(flops)}")
+            for _ in range(rounds):
+                for b in batches:
+                    for rung in rungs:
+                        rec = ({"rung": rung, "batch": b, "skipped": leave_out[rung]} if rung in leave_out
+                               else run(rung, work, b, repeats))
+                        rec.update(model=model, flops=flops[b])
+                        if "logits_file" in rec:   # compared now: the work folder goes away
+                            ref = os.path.join(work, "logits", f"ours_fp32_b{b}.npy")
+                            rec.update(_compare(rec["logits_file"], ref))
+                        records.append(rec)
+                        echo(_one_line(rec))
+    return {"matmul_gflops": mm, "matmul_n": n, "records": records, "repeats": repeats, "rounds": rounds,
+            "labels": args.labels, "mode": "smoke" if args.smoke else "quick" if args.quick else "full"}
+
+
+def _compare(path, ref_path) -> dict:
+    a, r = np.load(path).astype(np.float64), np.load(ref_path).astype(np.float64)
+    span = float(r.max() - r.min()) or 1.0
+    return {"max_logit_error_pct": 100 * float(np.abs(a - r).max()) / span,
+            "top1_agreement": float((a.argmax(-1) == r.argmax(-1)).mean())}
+
+
+def _one_line(rec) -> str:
+    if "skipped" in rec:
+        return f"  {rec['model']} b{rec['batch']} {rec['rung']}: skipped ({rec['skipped']})"
+    best = min(rec["seconds"])
+    return (f"  {rec['model']} b{rec['batch']} {rec['rung']}: {rec['batch'] / best:.2f} videos/s, "
+            f"peak {rec['peak_rss_mib']:.0f} MiB, load avg {rec['load_avg']:.1f}")
+
+
+def describe_machine() -> dict:
+    from xclip_engine.engine.fast_cpu import has_amx_bf16
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {**machine(), "cpu_model": cpu, "cores": os.cpu_count(), "amx_bf16": has_amx_bf16()[1],
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_avg_at_start": os.getloadavg()[0]}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="B/32 only, batch 8 and 1, 2 repeats, no torch.compile")
+    p.add_argument("--growth", action="store_true", help="the cost-growth table (T, B, K) instead of the ladder")
+    p.add_argument("--models", nargs="+", default=["B/32", "B/16"], choices=["B/32", "B/16"])
+    p.add_argument("--batches", type=int, nargs="+", default=None, help="default: 8 1")
+    p.add_argument("--rungs", nargs="+", default=None, choices=sorted(RUNGS),
+                   help="run only these (ours_fp32 always runs: the others are compared with it)")
+    p.add_argument("--labels", type=int, default=None, help="K labels, default 400 (text features cached by our "
+                   "rungs)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per rung and round (after a warm-up)")
+    p.add_argument("--rounds", type=int, default=None, help="times the whole ladder runs, in turn")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--work", default=None, help="keep (and reuse) the prepared folders here")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)       # tiny model, every rung, seconds
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # rungs in this process
+    p.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rung", default=None, help=argparse.SUPPRESS)               # one rung: what a child runs
+    p.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.rung:
+        print(json.dumps(run_rung(args.rung, args.work, args.batch, args.repeats or 2)))
+        return
+    if args.growth:
+        from ladder_growth import main as growth_main
+
+        return growth_main(args)
+    if args.labels is None:
+        args.labels = 10 if args.smoke else 400
+    if min(args.batches or [1]) < 1 or args.labels < 1:
+        p.error("--batches and --labels must be at least 1")
+    result = run_ladder(args)
+    result["machine"] = describe_machine()
+    rows = summarize(result)
+    result["targets"] = targets(rows)
+    table = write_all("ladder", result, rows, args.out, echo=None if args.json_only else print)
+    if not args.json_only:
+        print(table)
+        for t in result["targets"]:
+            print(f"target {t['what']}: {t['value']} ({'met' if t['met'] else 'NOT met'})")
+    return result
+
+
+if __name__ == "__main__":
+    main()
