@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
+
+from .atomic_file import atomic_write
 
 
 class ResultsFileError(ValueError):
@@ -147,16 +148,4 @@ def read_for_resume(output: str, paths: list[str]) -> set[str]:
 
 def _rewrite(path: str, lines: list[str]) -> None:
     """Replace `path` by `lines` atomically: a kill during the rewrite leaves the old file whole."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".resume-", suffix=".jsonl", dir=folder)
-    try:
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777)   # keep the file's permissions (mkstemp makes 0600)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.writelines(lines), text=True, keep_mode=True)

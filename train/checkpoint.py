@@ -22,6 +22,7 @@ import random
 import numpy as np
 import torch
 
+from xclip_engine.engine.atomic_file import atomic_write
 from xclip_engine.engine.checkpoint import CheckpointError, save_model
 from xclip_engine.engine.checkpoint.formats import FORMAT_NAME, FORMAT_VERSION, torch_load_weights
 
@@ -29,35 +30,7 @@ CHECKPOINT_NAME = "last.pt"
 
 
 def atomic_torch_save(obj, path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # a failed write (disk full, Ctrl-C) must not leave a temp file that looks like progress
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(folder)
-    return path
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:   # folders cannot be opened on Windows; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 # ---- RNG states (plain data only, so that weights_only loading accepts them) -----------------------
