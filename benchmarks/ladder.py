@@ -1,7 +1,8 @@
 """The performance ladder (issue 7): every way to run X-CLIP here, from transformers' eager model up.
 
     python benchmarks/ladder.py            # B/32 and B/16 8 frames, batch 1 and 8, K = 400, every rung
-    python benchmarks/ladder.py --quick    # B/32 only, batch 8 and 1, fewer repeats, no torch.compile (< 5 min)
+    python benchmarks/ladder.py --quick    # B/32 only, batch 8 and 1, 1 timed call, no torch.compile (< 5 min
+                                           # once the first run has prepared the models)
     python benchmarks/ladder.py --growth   # how cost grows with T, B and K (benchmarks/ladder_growth.py)
 
 Same random weights on every rung (transformers builds them; xe.load and the export read the saved
@@ -93,26 +94,37 @@ def prepare(work: str, model: str, batches, k: int, echo=print, export: bool = T
         load_runtime(os.path.join(work, "onnx"), "onnxruntime", "cpu", precision=precision)
 
 
-def _rung_in_subprocess(rung, work, batch, repeats) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--rung", rung, "--work", work, "--batch", str(batch),
-           "--repeats", str(repeats)]
+def _rung_in_subprocess(rung, work, batches, repeats) -> dict:
+    """{batch: record} for `rung` at each of `batches`, in one fresh process (smallest batch first, so
+    each record's peak RSS is that batch's or, for the larger batch, the larger of the two)."""
+    batches = sorted(batches)
+    cmd = [sys.executable, os.path.abspath(__file__), "--rung", rung, "--work", work,
+           "--batch", *map(str, batches), "--repeats", str(repeats)]
     r = subprocess.run(cmd, capture_output=True, text=True)
-    lines = r.stdout.strip().splitlines()
-    if r.returncode != 0 or not lines:
+    records = [json.loads(line) for line in r.stdout.strip().splitlines() if line.startswith("{")]
+    if r.returncode != 0 or len(records) != len(batches):
         tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        return {"rung": rung, "batch": batch, "skipped": f"failed (exit {r.returncode}): {' / '.join(tail)}"}
-    return json.loads(lines[-1])
+        return {b: {"rung": rung, "batch": b, "skipped": f"failed (exit {r.returncode}): {' / '.join(tail)}"}
+                for b in batches}
+    return {rec["batch"]: rec for rec in records}
 
 
 def run_ladder(args) -> dict:
     models = ["tiny"] if args.smoke else ["B/32"] if args.quick else args.models
     batches = args.batches or ([2] if args.smoke else [8, 1])
-    repeats = args.repeats or (1 if args.smoke else 2 if args.quick else 3)
+    # quick: one timed call per rung after the warm-up (the full ladder takes 3 x 2 rounds)
+    repeats = args.repeats or (1 if (args.smoke or args.quick) else 3)
     rounds = args.rounds or (1 if (args.smoke or args.quick) else 2)
     leave_out = {r: "left out of --smoke/--quick: torch.compile compiles each shape for minutes here; "
                  "run the full ladder" for r in COMPILE_RUNGS} if (args.smoke or args.quick) else {}
-    run = ((lambda rung, w, b, n: run_rung(rung, w, b, n)) if args.in_process or args.smoke
-           else _rung_in_subprocess)
+    # quick: one process per rung for both batches (process start-up and model loading were half a
+    # quick run); the full ladder gives every (rung, batch) a process of its own
+    def run_all(rung, w, bs, n):
+        if args.in_process or args.smoke:
+            return {b: run_rung(rung, w, b, n) for b in bs}
+        if args.quick:
+            return _rung_in_subprocess(rung, w, bs, n)
+        return {b: _rung_in_subprocess(rung, w, [b], n)[b] for b in bs}
     echo = (lambda *a: None) if args.json_only else (lambda *a: print(*a, flush=True))
 
     # ours_fp32 first: every other rung's logits are compared with its
@@ -132,19 +144,22 @@ def run_ladder(args) -> dict:
                 prepare(work, model, batches, args.labels, echo, export=export)
             # per batch: transformers' forward encodes the K labels once per call, so its per-video work
             # depends on the batch
-            flops = {b: run("flops", work, b, 1) for b in batches}
+            flops = run_all("flops", work, batches, 1)
             echo(f"{model}: {json.dumps(flops)}")
             for _ in range(rounds):
-                for b in batches:
-                    for rung in rungs:
-                        rec = ({"rung": rung, "batch": b, "skipped": leave_out[rung]} if rung in leave_out
-                               else run(rung, work, b, repeats))
+                for rung in rungs:   # ours_fp32 first: its logits are the reference at every batch
+                    got = ({b: {"rung": rung, "batch": b, "skipped": leave_out[rung]} for b in batches}
+                           if rung in leave_out else run_all(rung, work, batches, repeats))
+                    for b in batches:
+                        rec = got[b]
                         rec.update(model=model, flops=flops[b])
                         if "logits_file" in rec:   # compared now: the work folder goes away
                             ref = os.path.join(work, "logits", f"ours_fp32_b{b}.npy")
                             rec.update(_compare(rec["logits_file"], ref))
                         records.append(rec)
                         echo(_one_line(rec))
+    # the table lists batch by batch, rungs in ladder order
+    records.sort(key=lambda r: (models.index(r["model"]), batches.index(r["batch"]), rungs.index(r["rung"])))
     return {"matmul_gflops": mm, "matmul_n": n, "records": records, "repeats": repeats, "rounds": rounds,
             "labels": args.labels, "mode": "smoke" if args.smoke else "quick" if args.quick else "full"}
 
@@ -180,7 +195,8 @@ def describe_machine() -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="B/32 only, batch 8 and 1, 2 repeats, no torch.compile")
+    p.add_argument("--quick", action="store_true", help="B/32 only, batch 8 and 1, 1 timed call per rung, no "
+                   "torch.compile; keeps the prepared models in OUT/ladder_work (the first run exports them once)")
     p.add_argument("--growth", action="store_true", help="the cost-growth table (T, B, K) instead of the ladder")
     p.add_argument("--models", nargs="+", default=["B/32", "B/16"], choices=["B/32", "B/16"])
     p.add_argument("--batches", type=int, nargs="+", default=None, help="default: 8 1")
@@ -196,10 +212,11 @@ def main(argv=None):
     p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # rungs in this process
     p.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--rung", default=None, help=argparse.SUPPRESS)               # one rung: what a child runs
-    p.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, nargs="+", default=[8], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.rung:
-        print(json.dumps(run_rung(args.rung, args.work, args.batch, args.repeats or 2)))
+        for b in args.batch:   # one JSON line per batch
+            print(json.dumps(run_rung(args.rung, args.work, b, args.repeats or 2)), flush=True)
         return
     if args.growth:
         from ladder_growth import main as growth_main
@@ -207,6 +224,8 @@ def main(argv=None):
         return growth_main(args)
     if args.labels is None:
         args.labels = 10 if args.smoke else 400
+    if args.quick and args.work is None:   # preparing B/32 (save, three ONNX exports) is most of a first run
+        args.work = os.path.join(args.out, "ladder_work")
     if min(args.batches or [1]) < 1 or args.labels < 1:
         p.error("--batches and --labels must be at least 1")
     result = run_ladder(args)
