@@ -78,12 +78,14 @@ def device_id(device=None) -> int | None:
     return 0
 
 
-def probe_video(path) -> tuple[str, bool]:
+def probe_video(path, rotation_codecs=None) -> tuple[str, bool]:
     """(codec, rotated) of the first video stream: FFmpeg's codec name (``h264``, ``vp9``,
     ``mjpeg``, ...) and whether frames carry a display matrix other than the identity.
 
     Reads the header and decodes the first frame only (PyAV exposes the display matrix on frames,
-    not on the stream); DALI ignores that matrix, so rotated videos must go to PyAV. Raises
+    not on the stream); DALI ignores that matrix, so rotated videos must go to PyAV. The frame is
+    decoded only for codecs in ``rotation_codecs`` (None: every codec): for a file that goes to
+    PyAV anyway the rotation does not matter, and its decode would be wasted. Raises
     ``VideoError`` for files that do not open or have no video stream, with the usual advice."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -96,8 +98,9 @@ def probe_video(path) -> tuple[str, bool]:
             stream = container.streams.video[0]
             codec = stream.codec_context.name
             matrix = None
-            with contextlib.suppress(av.FFmpegError, StopIteration):
-                matrix = _frame_matrix(next(container.decode(stream)))
+            if rotation_codecs is None or codec in rotation_codecs:
+                with contextlib.suppress(av.FFmpegError, StopIteration):
+                    matrix = _frame_matrix(next(container.decode(stream)))
     except VideoError:
         raise
     except Exception as e:  # noqa: BLE001 - FFmpeg, OS and format-probing errors alike
@@ -122,7 +125,8 @@ def choose_decoder(path, decoder: str = "auto", device=None) -> str:
     codec; the CPU reads VP8/VP9/MJPEG), else PyAV. A forced ``dali`` raises
     ``DecoderUnavailableError`` when DALI is not installed and ``VideoError`` when its CPU decoder
     cannot read the file's codec or the video is rotated (DALI ignores the display matrix); a
-    forced ``pyav`` is always possible. Costs one header read and one frame decode.
+    forced ``pyav`` is always possible. Costs one header read, plus one frame decode where DALI
+    could read the file.
     """
     decoder = _check_decoder(decoder)
     if decoder == "pyav":
@@ -133,7 +137,8 @@ def choose_decoder(path, decoder: str = "auto", device=None) -> str:
             raise DecoderUnavailableError(f"decoder 'dali' needs NVIDIA DALI, which is not installed: "
                                           f"`{DALI_INSTALL}` (or use decoder 'pyav' / 'auto')")
         return "pyav"
-    codec, rotated = probe_video(path)
+    # the rotation matters only where DALI would read the file: every codec on a GPU, a few on a CPU
+    codec, rotated = probe_video(path, None if on_gpu else DALI_CPU_CODECS)
     if rotated:
         if decoder == "dali":
             raise VideoError(path, "the video has a display rotation/flip, which DALI ignores (frames would "
