@@ -86,9 +86,12 @@ def models_cmd():
               help="fp32 or bf16 for a checkpoint (backend reference); fp32, fp16 or int8 picks the graphs of an "
                    "export folder (backends onnxruntime / tensorrt).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu).")
+@click.option("--threads", default=None, type=click.IntRange(min=1),
+              help="CPU threads for the model, torch and ONNX Runtime alike (default: one per core). Lower it "
+                   "when other work shares the machine: more threads than free cores slow every one down.")
 @click.pass_context
 def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, topk, views, batch_size, workers,
-              decoder, fmt, output, resume, shard, window, stride, plot, backend, precision, device):
+              decoder, fmt, output, resume, shard, window, stride, plot, backend, precision, device, threads):
     """Classify VIDEOS (files or folders of videos) against a label set.
 
     Folders are searched recursively; inputs are answered in sorted path order, each once.
@@ -148,6 +151,10 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
             _usage_error(str(e))
     todo = [p for p in paths if p not in done]
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)   # ONNX Runtime sessions take the same number (export/ort_runner.py)
     try:
         model = load(model_src, backend=backend, device=device, arch=arch, precision=precision)
     except (CheckpointError, KeyError, ValueError, NotImplementedError, OSError) as e:

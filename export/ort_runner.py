@@ -83,6 +83,9 @@ def _session(model, providers, provider_options, level="all", optimized_path=Non
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.log_severity_level = 3   # ORT's warnings about unused initializers are noise to a user
+    # One thread setting for both runtimes: torch's (one per core unless `--threads` or
+    # torch.set_num_threads says otherwise), which is also ONNX Runtime's own default.
+    so.intra_op_num_threads = torch.get_num_threads()
     if optimized_path:
         so.optimized_model_filepath = optimized_path
     src = model if isinstance(model, str) else model.SerializeToString()

@@ -75,6 +75,28 @@ def test_usage_errors_exit_2(tiny_hf, video_dir, args, message, good):
     assert r.exit_code == 2 and message in r.stderr, r.output
 
 
+def test_threads_sets_the_thread_count_for_torch_and_onnxruntime(tiny_hf, video_dir, good, monkeypatch):
+    import onnxruntime
+    import torch
+
+    from xclip_engine.export import ort_runner
+
+    before = torch.get_num_threads()
+    try:
+        r = run("infer", video_dir / good[0], "--model", tiny_hf, "--labels", "a, b", "--threads", 1)
+        assert r.exit_code == 0, r.output
+        assert torch.get_num_threads() == 1
+        seen = {}
+        monkeypatch.setattr(onnxruntime, "InferenceSession",
+                            lambda src, so, **kw: seen.setdefault("threads", so.intra_op_num_threads))
+        ort_runner._session("model.onnx", ["CPUExecutionProvider"], None)
+        assert seen["threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    r = run("infer", video_dir / good[0], "--model", tiny_hf, "--labels", "a", "--threads", 0)
+    assert r.exit_code == 2 and "--threads" in r.stderr
+
+
 def test_bad_model_exit_2(video_dir, tmp_path, good):
     r = run("infer", video_dir / good[0], "--model", tmp_path, "--labels", "a")
     assert r.exit_code == 2 and "cannot load the model" in r.stderr and str(tmp_path) in r.stderr
