@@ -29,6 +29,7 @@ class ModelSection:
     config: dict = field(default_factory=dict)  # XCLIPConfig fields overriding `arch` (from scratch only)
     gradient_checkpointing: bool = False
     freeze_text: bool = False        # the official recipe's FIX_TEXT; off so that the text tower trains
+    logit_scale: float | None = None  # from scratch: exp(logit_scale) to start from (None: CLIP's 1/0.07)
 
 
 @dataclass
@@ -152,6 +153,8 @@ class RunConfig:
             need(0.0 <= float(_get(self.to_dict(), key)) <= 1.0, key, "must be a probability")
         need(0.0 <= float(d.hue) <= 0.5, "data.hue", "must be in [0, 0.5] (a fraction of the hue circle)")
         need(isinstance(self.model.config, dict), "model.config", "must be a mapping of XCLIPConfig fields")
+        need(self.model.logit_scale is None or 1.0 <= float(self.model.logit_scale) <= 100.0, "model.logit_scale",
+             "must be in [1, 100] (CLIP clamps the scale at 100; its init is 1/0.07 = 14.3)")
 
     def require_data(self, origin: str = "config") -> None:
         """The fields a training run cannot do without."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -153,8 +154,19 @@ def build_model(cfg: RunConfig, resume_state: dict | None) -> XCLIP:
         if cfg.model.config:
             raise ConfigError("model.config applies to a model trained from scratch; with model.source "
                               "the architecture comes from the checkpoint (remove one of the two)")
+        if cfg.model.logit_scale is not None:
+            raise ConfigError("model.logit_scale sets the start of a model trained from scratch; a model.source "
+                              "checkpoint brings its own learned scale (remove one of the two)")
         return load_model(cfg.model.source).model
-    return XCLIP(scratch_config(cfg))
+    model = XCLIP(scratch_config(cfg))
+    if cfg.model.logit_scale is not None:
+        # From scratch with random (or frozen random) text features, every class's text feature starts
+        # close to every other's (cosine ~0.97 between labels that differ in one word), so at CLIP's
+        # 1/0.07 the logits of two such classes can differ by at most ~0.4 and the loss barely
+        # rewards telling them apart; a larger start gives those distinctions a usable gradient.
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(float(cfg.model.logit_scale)))
+    return model
 
 
 def _autocast(amp: str, device: torch.device):

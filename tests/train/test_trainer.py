@@ -312,6 +312,22 @@ def test_freeze_text_trains_everything_but_the_text_tower(tmp_path):
         assert same == (k.startswith("text.") or k == "logit_scale"), k
 
 
+def test_logit_scale_start_for_a_model_trained_from_scratch(tmp_path):
+    from xclip_engine.train.config import ConfigError
+    from xclip_engine.train.trainer import build_model
+
+    data = write_dataset(tmp_path, num_classes=2, per_class=1)
+    cfg = load_run_config(None, tiny_overrides(data, tmp_path / "run", **{"model.logit_scale": 100}))
+    assert math.isclose(float(build_model(cfg.resolved(), None).logit_scale.exp()), 100.0, rel_tol=1e-6)
+    default = load_run_config(None, tiny_overrides(data, tmp_path / "run"))
+    assert math.isclose(float(build_model(default.resolved(), None).logit_scale.exp()), 1 / 0.07, rel_tol=1e-6)
+    with pytest.raises(ConfigError, match="model.logit_scale"):
+        load_run_config(None, tiny_overrides(data, tmp_path / "run", **{"model.logit_scale": 500}))
+    with pytest.raises(ConfigError, match="model.logit_scale"):
+        build_model(load_run_config(None, tiny_overrides(data, tmp_path / "run", **{
+            "model.logit_scale": 50, "model.source": str(tmp_path / "some.pt")})).resolved(), None)
+
+
 def test_frame_cache_gives_the_same_clips_and_the_same_run(tmp_path):
     data = write_dataset(tmp_path, num_classes=2, per_class=2)
     with open(os.path.join(tmp_path, "videos", "broken.mp4"), "wb") as f:
