@@ -293,4 +293,8 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
     model = Model(net, tokenizer, device=device, labels=loaded.labels, origin=loaded.origin,
                   kind=loaded.kind, backend=backend)
     model.backend_note = note or f"{backend} ({precision or 'fp32'}, asked for)"
+    if model.device.type == "cpu":
+        from .cpu_memory import keep_freed_memory
+
+        keep_freed_memory()   # 16% of an fp32 batch-8 forward was page faults (engine/cpu_memory.py)
     return model

@@ -11,8 +11,9 @@ plain eager pattern (MatMul, scale, Softmax, MatMul): ONNX Runtime's transformer
 recognises attention only in that form (DESIGN.md section 5), and TensorRT parses it as is.
 Even so its CLIP attention fusion does not match these graphs: it wants separate q, k, v
 projections of one input, while the model projects q, k, v with one Linear (a Split follows) and
-the frame attention's keys carry the message token (a Concat). SkipLayerNormalization and
-QuickGelu do fuse (ort_runner.py); attention is a few per cent of X-CLIP's FLOPs at 50 tokens.
+the frame attention's keys carry the message token (a Concat). LayerNormalization, QuickGelu and
+(for GPU providers) SkipLayerNormalization do fuse (ort_runner.py); attention is a few per cent of
+X-CLIP's FLOPs at 50 tokens.
 Scaled dot-product attention: Vaswani et al. 2017, eq. 1.
 """
 

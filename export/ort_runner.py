@@ -5,8 +5,8 @@ Two sessions (text, video) with the interface Model expects of a net: `.config`,
 
 Per graph, once per machine (cached in DIR/cache/, keyed by the graph's sha256, the ONNX Runtime
 version and the providers):
-1. ONNX Runtime's transformer optimizer fuses what it recognises (SkipLayerNormalization,
-   QuickGelu, Attention where the pattern holds) into contrib ops;
+1. ONNX Runtime's transformer optimizer fuses what it recognises (LayerNormalization, QuickGelu,
+   SkipLayerNormalization on GPU providers, Attention where the pattern holds) into contrib ops;
 2. the fused graph must agree with the plain one on sample inputs (1e-4 relative), else the plain
    graph is used and the reason recorded;
 3. the session runs with all graph optimizations on and writes its optimized model to the cache,
@@ -28,6 +28,7 @@ from .manifest import ExportFolderError, Manifest
 
 CACHE_DIR = "cache"
 FUSION_RTOL = 1e-4
+FUSION_RECIPE = "f2"   # f2: no SkipLayerNormalization on the CPU provider
 
 
 def available_providers(device: torch.device) -> list[str]:
@@ -97,14 +98,24 @@ def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) / scale
 
 
-def fuse(path: str, config, role: str):
-    """ONNX Runtime's transformer optimizer (CLIP model type) on the graph at `path` -> (ModelProto, op counts)."""
+def fuse(path: str, config, role: str, cpu_only: bool = False):
+    """ONNX Runtime's transformer optimizer (CLIP model type) on the graph at `path` -> (ModelProto, op counts).
+
+    On the CPU provider alone, residual adds are not fused into SkipLayerNormalization: ONNX Runtime
+    1.31's CPU kernel of it took 9.8 ms per [3200, 768] call where the LayerNormalization and Add it
+    replaces took 1.2 + 1.0 ms (B/32 video graph at batch 8, ORT's profiler), 5% of the whole graph.
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, width = ((config.text_heads, config.text_width) if role == "text"
                     else (config.vision_heads, config.vision_width))
+    options = FusionOptions("clip")
+    if cpu_only:
+        options.enable_skip_layer_norm = False
     # opt_level 0: only the transformer fusions here; the session applies ORT's own optimizations after
-    om = optimize_model(path, model_type="clip", num_heads=heads, hidden_size=width, opt_level=0)
+    om = optimize_model(path, model_type="clip", num_heads=heads, hidden_size=width, opt_level=0,
+                        optimization_options=options)
     stats = {k: v for k, v in om.get_fused_operator_statistics().items() if v}
     return om.model, stats
 
@@ -122,8 +133,9 @@ class GraphSession:
         providers = available_providers(device)
         entry = manifest.graphs[role][precision]
         tag = "-".join(p.replace("ExecutionProvider", "").lower() for p in providers)
+        # FUSION_RECIPE: a change to what fuse() does must not serve graphs fused the old way
         key = (f"{role}.{precision}.{entry.get('sha256', 'nohash')[:12]}.ort{ort.__version__}.{tag}"
-               + ("" if fusion else ".nofusion"))
+               + (f".{FUSION_RECIPE}" if fusion else ".nofusion"))
         cache_dir = os.path.join(manifest.folder, CACHE_DIR)
         cached = os.path.join(cache_dir, key + ".onnx")
         info_path = os.path.join(cache_dir, key + ".json")
@@ -169,7 +181,7 @@ class GraphSession:
 
     def _try_fusion(self, manifest, plain, providers, opts):
         try:
-            fused, stats = fuse(self.path, manifest.config, self.role)
+            fused, stats = fuse(self.path, manifest.config, self.role, cpu_only=providers == ["CPUExecutionProvider"])
             self.info["fused"] = stats
             feeds = sample_feeds(manifest, self.role)
             want = plain.run(None, feeds)
