@@ -17,13 +17,23 @@ import sys
 
 import click
 
-from xclip_engine.engine.checkpoint import CheckpointError
-
 from .config import ConfigError, load_run_config
-from .data import DataError
+
+
+def _errors():
+    """The errors a command turns into an exit status. Imported when a command runs, not when the
+    CLI starts: they live beside torch (checkpoint loading, the data set), which takes seconds to
+    import, and `xclip-engine --help` should not wait for it."""
+    from xclip_engine.engine.checkpoint import CheckpointError
+
+    from .data import DataError
+
+    return ConfigError, DataError, CheckpointError
 
 
 def _fail(e: Exception) -> None:
+    from .data import DataError
+
     click.echo(f"error: {e}", err=True)
     sys.exit(1 if isinstance(e, DataError) else 2)
 
@@ -41,12 +51,13 @@ def train_cmd(config, overrides, resume, strict, quiet):
     """
     from .trainer import run
 
+    errors = _errors()
     try:
         cfg = load_run_config(config, overrides)
         if strict:
             cfg.data.strict = True
         summary = run(cfg, resume=resume, quiet=quiet)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except errors as e:
         _fail(e)
     click.echo(f"trained {summary['step']} updates; model: {summary['model_dir']}")
 
@@ -78,6 +89,7 @@ def eval_cmd(model, overrides, list_path, labels_path, root, views, batch_size, 
     from .evaluate import evaluate, few_shot
 
     report = lambda msg: click.echo(f"warning: {msg}", err=True)
+    errors = (*_errors(), ValueError)
     try:
         if few_shot_k is not None:
             if not train_list:
@@ -92,7 +104,7 @@ def eval_cmd(model, overrides, list_path, labels_path, root, views, batch_size, 
                                   "--few-shot runs only")
             res = evaluate(model, list_path, labels_path, root=root, views=views, batch_size=batch_size,
                            workers=workers, device=device, strict=strict, report=report)
-    except (ConfigError, DataError, CheckpointError, ValueError) as e:
+    except errors as e:
         _fail(e)
     unseen = res.get("unseen_labels")
     mode = (f"few-shot K={few_shot_k}" if few_shot_k is not None else "evaluation" if unseen is None

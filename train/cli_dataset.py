@@ -6,8 +6,6 @@ import time
 
 import click
 
-from .synthetic import DATASETS, DatasetError, make_dataset
-
 
 @click.command("make-dataset")
 @click.argument("name")
@@ -35,6 +33,9 @@ from .synthetic import DATASETS, DatasetError, make_dataset
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def make_dataset_cmd(name, out, quiet, **options):
     """Write the synthetic data set NAME (known: shapes) into the folder OUT."""
+    # imported here: the renderer brings OpenCV and PyAV, which `xclip-engine --help` need not load
+    from .synthetic import DATASETS, DatasetError, make_dataset
+
     if name not in DATASETS:
         raise click.BadParameter(f"unknown data set {name!r}; known: {', '.join(DATASETS)}", param_hint="NAME")
     start = time.perf_counter()

@@ -106,3 +106,14 @@ def test_console_script_installed():
     exe = os.path.join(os.path.dirname(sys.executable), "xclip-engine")
     r = subprocess.run([exe, "models"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "xclip-base-patch32" in r.stdout and "xclip-large-patch14-16-frames" in r.stdout
+
+
+def test_help_does_not_import_torch():
+    # `xclip-engine --help` and each command's --help answer at once: torch (seconds to import) loads
+    # only when a command runs
+    code = ("import sys; from click.testing import CliRunner; from xclip_engine.engine.cli import main; "
+            "assert all(CliRunner().invoke(main, [*c, '--help']).exit_code == 0 for c in "
+            "([], ['infer'], ['export'], ['train'], ['eval'], ['make-dataset'])); "
+            "print(sorted(m for m in ('torch', 'av', 'cv2', 'onnx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
