@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .guards import common_reason, dot_precision, next_pow2
+from .online_softmax import attend_key_tiles
 
 
 # ---- reference ---------------------------------------------------------------------------------
@@ -55,26 +56,10 @@ def _prompt_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    k_base = k_ptr + b * sk_b + h * sk_h
-    v_base = v_ptr + b * sv_b + h * sv_h
     # N >= 1 (guarded), so the first tile has a real key and m_i is finite after it
-    for start in range(0, N, BLOCK_N):
-        n = start + offs_n
-        n_mask = n < N
-        kt = tl.load(k_base + n[None, :] * sk_l + offs_d[:, None] * sk_d,
-                     mask=d_mask[:, None] & n_mask[None, :], other=0.0)             # [BLOCK_D, BLOCK_N]
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        vb = tl.load(v_base + n[:, None] * sv_l + offs_d[None, :] * sv_d,
-                     mask=n_mask[:, None] & d_mask[None, :], other=0.0)             # [BLOCK_N, BLOCK_D]
-        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
-        m_i = m_new
-
-    acc = acc / l_i[:, None]
+    acc = attend_key_tiles(q, m_i, l_i, acc, k_ptr + b * sk_b + h * sk_h, sk_l, sk_d,
+                           v_ptr + b * sv_b + h * sv_h, sv_l, sv_d, N, qk_scale, offs_n, offs_d, d_mask,
+                           BLOCK_N=BLOCK_N, PRECISION=PRECISION)
     tl.store(o_ptr + b * so_b + h * so_h + offs_m[:, None] * so_l + offs_d[None, :] * so_d,
              acc.to(o_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
