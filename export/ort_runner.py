@@ -149,6 +149,15 @@ class GraphSession:
                 return
             except Exception as e:   # a stale or damaged cache entry is rebuilt, never fatal
                 warnings.warn(f"{cached}: unusable cached graph ({type(e).__name__}); rebuilding it", stacklevel=2)
+        if (_writable(cache_dir) and os.environ.get(_CHILD_ENV) is None
+                and os.path.getsize(self.path) >= BUILD_IN_CHILD_BYTES
+                and _build_in_child(manifest.folder, role, precision, device, fusion)
+                and os.path.isfile(cached) and os.path.isfile(info_path)):
+            self.session = _session(cached, providers, opts, level="none")
+            with open(info_path, encoding="utf-8") as f:
+                self.info = json.load(f)
+            self._check_names()
+            return
         self.info = {"source": os.path.basename(self.path), "fused": {}, "fusion": "off"}
         graph = self.path
         try:
@@ -160,7 +169,10 @@ class GraphSession:
         self.session = plain
         self._check_names()
         if fusion and precision == "fp32":
-            graph = self._try_fusion(manifest, plain, providers, opts) or self.path
+            feeds = sample_feeds(manifest, self.role)
+            want = plain.run(None, feeds)
+            self.session = plain = None   # fusing needs the memory (a B/32 video graph's session: 0.6 GB)
+            graph = self._try_fusion(manifest, feeds, want, providers, opts) or self.path
         if _writable(cache_dir):
             tmp = cached + f".tmp{os.getpid()}"
             try:
@@ -176,15 +188,13 @@ class GraphSession:
                 for leftover in (tmp, info_path + ".tmp"):
                     if os.path.exists(leftover):
                         os.remove(leftover)
-        if graph is not self.path:
+        if graph is not self.path or self.session is None:
             self.session = _session(graph, providers, opts)
 
-    def _try_fusion(self, manifest, plain, providers, opts):
+    def _try_fusion(self, manifest, feeds, want, providers, opts):
         try:
             fused, stats = fuse(self.path, manifest.config, self.role, cpu_only=providers == ["CPUExecutionProvider"])
             self.info["fused"] = stats
-            feeds = sample_feeds(manifest, self.role)
-            want = plain.run(None, feeds)
             got = _session(fused, providers, opts).run(None, feeds)
         except Exception as e:   # the optimizer is best effort: the plain graph is always correct
             self.info["fusion"] = f"failed ({type(e).__name__}: {str(e)[:200]}); plain graph used"
@@ -208,6 +218,38 @@ class GraphSession:
 
     def run(self, **feeds) -> list[np.ndarray]:
         return self.session.run(None, feeds)
+
+
+# A first load fuses, checks and optimizes each graph. For a big graph it does that in a child
+# process, which writes the cache and exits, and this process then loads the cache: the protobuf
+# copies of a build stay in the heap of whichever process made them (a first load of B/32 left
+# 5.5 GB resident where a cached load takes 1.4 GB). Small graphs are built here: the child's
+# start (importing torch and ONNX Runtime) would cost more than it saves. A failed child is not
+# fatal: the build runs here after it, and reports what is wrong with the graph itself.
+BUILD_IN_CHILD_BYTES = 64 << 20
+_CHILD_ENV = "XCLIP_ENGINE_ORT_BUILD_CHILD"
+
+
+def _build_in_child(folder: str, role: str, precision: str, device: torch.device, fusion: bool) -> bool:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "xclip_engine.export.ort_runner", os.path.abspath(folder), role, precision,
+           str(device), "1" if fusion else "0"]
+    env = {**os.environ, _CHILD_ENV: "1"}
+    try:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    except OSError:
+        return False
+    return r.returncode == 0
+
+
+def _build_main(argv) -> None:
+    """The child of _build_in_child: build one graph's cache entry (GraphSession writes it) and exit."""
+    from .manifest import read_manifest
+
+    folder, role, precision, device, fusion = argv
+    GraphSession(read_manifest(folder), role, precision, torch.device(device), fusion == "1")
 
 
 def _writable(folder: str) -> bool:
@@ -257,3 +299,9 @@ class OrtNet:
     def describe(self) -> dict:
         return {"precision": self.precision, "providers": self.video.session.get_providers(),
                 "text": self.text.info, "video": self.video.info}
+
+
+if __name__ == "__main__":
+    import sys
+
+    _build_main(sys.argv[1:])

@@ -93,6 +93,37 @@ def test_optimized_graph_cached_in_the_folder(export_copy, reference):
     assert_close(rebuilt.logits(px, LABELS), reference.logits(px, LABELS), rtol=1e-4, name="logits, rebuilt cache")
 
 
+def test_big_graphs_build_in_a_child_process(export_copy, reference, monkeypatch):
+    # the threshold at 0 makes the tiny graphs "big": each is fused, checked and cached by a child
+    # process, and this process only loads the cache (it never holds the build's protobuf copies)
+    from xclip_engine.export import ort_runner
+
+    monkeypatch.setattr(ort_runner, "BUILD_IN_CHILD_BYTES", 0)
+    children, real = [], ort_runner._build_in_child
+    monkeypatch.setattr(ort_runner, "_build_in_child", lambda *a: children.append(a[1]) or real(*a))
+    built_here = []
+    real_fuse = ort_runner.fuse
+    monkeypatch.setattr(ort_runner, "fuse", lambda *a, **k: built_here.append(a[2]) or real_fuse(*a, **k))
+    m = load_runtime(str(export_copy), "onnxruntime", "cpu")
+    assert children == ["text", "video"] and built_here == []
+    assert sorted(f for f in os.listdir(export_copy / "cache") if f.endswith(".onnx"))
+    info = m.net.describe()
+    assert info["video"]["fusion"] == "on" and info["video"]["fused"].get("QuickGelu", 0) > 0
+    px = torch.randn(2, 4, 3, 32, 32)
+    assert_close(m.logits(px, LABELS), reference.logits(px, LABELS), rtol=1e-4, name="logits, built in a child")
+
+
+def test_failed_child_build_falls_back_to_this_process(export_copy, reference, monkeypatch):
+    from xclip_engine.export import ort_runner
+
+    monkeypatch.setattr(ort_runner, "BUILD_IN_CHILD_BYTES", 0)
+    monkeypatch.setattr(ort_runner, "_build_in_child", lambda *a: False)
+    m = load_runtime(str(export_copy), "onnxruntime", "cpu")
+    assert m.net.describe()["video"]["fusion"] == "on"
+    px = torch.randn(2, 4, 3, 32, 32)
+    assert_close(m.logits(px, LABELS), reference.logits(px, LABELS), rtol=1e-4, name="logits, built here")
+
+
 def test_unwritable_folder_still_serves(export_copy, reference, monkeypatch):
     # a folder the user cannot write (a shared model store): fused in memory on each load, no cache
     from xclip_engine.export import ort_runner
