@@ -54,6 +54,10 @@ class Model:
         # `net` is the reference XCLIP (any ops backend) or a runtime with the same four calls
         # (encode_text, encode_video, video_features, __call__) and .config: ONNX Runtime, TensorRT.
         self.net = net.to(self.device).eval() if isinstance(net, torch.nn.Module) else net
+        if self.device.type == "cpu" and isinstance(net, torch.nn.Module):
+            from .cpu_memory import keep_freed_memory
+
+            keep_freed_memory()   # ~10% of an fp32 batch-8 forward was page faults (engine/cpu_memory.py)
         self.tokenizer = tokenizer
         self.labels = list(labels) if labels else None    # the label set a fine-tuned model came with
         self.origin, self.kind, self.backend = origin, kind, backend
@@ -293,8 +297,4 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
     model = Model(net, tokenizer, device=device, labels=loaded.labels, origin=loaded.origin,
                   kind=loaded.kind, backend=backend)
     model.backend_note = note or f"{backend} ({precision or 'fp32'}, asked for)"
-    if model.device.type == "cpu":
-        from .cpu_memory import keep_freed_memory
-
-        keep_freed_memory()   # 16% of an fp32 batch-8 forward was page faults (engine/cpu_memory.py)
     return model

@@ -1,6 +1,6 @@
 """Keep freed memory in the process, so that big CPU tensors do not page-fault on every forward.
 
-    keep_freed_memory()     # xe.load() calls it for a model on the CPU; XCLIP_ENGINE_SYSTEM_MALLOC=1 skips it
+    keep_freed_memory()     # a Model on the CPU (xe.load, the CLI) calls it; XCLIP_ENGINE_SYSTEM_MALLOC=1 skips it
 
 Why: glibc's malloc serves every block over 32 MiB (the most M_MMAP_THRESHOLD can be) with a fresh
 mmap and unmaps it on free, and trims the top of its heap back to the system. A B/32 forward at

@@ -62,10 +62,13 @@ def test_keep_freed_memory_sets_glibc_once(monkeypatch):
     assert cpu_memory.keep_freed_memory() == "on"
 
 
-def test_load_on_cpu_tunes_malloc(tiny_hf, monkeypatch):
+def test_cpu_models_tune_malloc(tiny_hf, monkeypatch):
     import xclip_engine as xe
+    from xclip_engine.engine.api import Model
 
     calls = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or "on")
-    xe.load(tiny_hf, device="cpu")
+    m = xe.load(tiny_hf, device="cpu")
     assert calls == [1]
+    Model(m.net, m.tokenizer, device="cpu")      # a Model built by hand (benchmarks do) as well
+    assert calls == [1, 1]
