@@ -6,10 +6,10 @@ Why: glibc's malloc serves every block over 32 MiB (the most M_MMAP_THRESHOLD ca
 mmap and unmaps it on free, and trims the top of its heap back to the system. A B/32 forward at
 batch 8 in fp32 allocates [3200, 3072] MLP activations of 39 MiB in each of 12 layers, so each
 call page-faults ~1 GB of new zeroed memory; the first write to each page (inside the GEMM or the
-bias copy before it) pays for it. Measured on our 2 cores: 4.1 s against 3.45 s for the same
-forward with mmap off and trimming off (benchmarks/ladder.py, ours_fp32 at batch 8). bf16 at
-batch 8 stays under 32 MiB per tensor and is unchanged. ONNX Runtime has its own arena and
-never sees this.
+bias copy before it) pays for it. Measured on our 2 cores, best of 3 forwards in fresh processes,
+with and without this: B/32 fp32 batch 8 3.4-3.8 s against 3.7-4.1 s; B/16 fp32 batch 8 14.7 s
+against 17-18 s; B/32 bf16 batch 32 5.7 s against 6.8-7.4 s (bf16 at batch 8 stays under 32 MiB
+per tensor and gains nothing). ONNX Runtime has its own arena and never sees this.
 
 What it costs: memory freed by the process stays mapped to it (its peak RSS does not fall back
 until exit). For a process that runs inference in a loop the next call reuses it at once, which
