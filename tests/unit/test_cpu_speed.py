@@ -25,12 +25,16 @@ def test_inplace_quick_gelu_is_bitwise_the_formula(dtype):
     fc1, fc2, x = _mlp_pair()
     fc1, fc2, x = fc1.to(dtype), fc2.to(dtype), x.to(dtype)
     x_before = x.clone()
+    seen = []
     with torch.inference_mode():
         h = fc1(x)
         want = fc2(h * torch.sigmoid(1.702 * h))
+        fc1.register_forward_hook(lambda mod, args, out: seen.append(out))
         got = REFERENCE.mlp(x, fc1, fc2)
     assert torch.equal(got, want)
     assert torch.equal(x, x_before), "the MLP must not write into its input"
+    # the in-place form ran: fc1's own output now holds the activation (the speed-up depends on it)
+    assert torch.equal(seen[0], h * torch.sigmoid(1.702 * h))
 
 
 def test_training_mlp_keeps_the_graph():
