@@ -1,17 +1,20 @@
-"""ONNX Runtime fp32 backend against the reference: 1e-4 relative on logits (DESIGN.md section 6).
+"""ONNX Runtime fp32 backend against the reference, judged by the yardstick (engine/yardstick.py):
+error against a float64 run of the reference within 3x the reference's own fp32 error, plus top-1.
 
 Two models, each exported once per module: the tiny test architecture and full X-CLIP B/32
 (8 frames, 224 px), both transformers random init saved with save_pretrained (weights scaled so
-every branch counts, tests/xclip_factory.py) and read by xe.load. The B/32 export takes minutes.
+every branch counts, tests/xclip_factory.py) and read by xe.load. The export runs its own check
+(export_model raises when the fp32 graphs fail it): the full-size B/32 export must pass it on any
+CPU. The B/32 export takes about a minute.
 """
 
 import pytest
 import torch
-from helpers import assert_close
 from xclip_factory import B32_HF, TINY_HF, hf_model
 
 import xclip_engine as xe
 from xclip_engine.engine.labels import load_labels
+from xclip_engine.engine.yardstick import float64_copy, judge
 from xclip_engine.export.onnx_export import export_model
 
 CASES = {"tiny": (TINY_HF, 3), "b32": (B32_HF, 2)}
@@ -24,7 +27,9 @@ def pair(request, tmp_path_factory):
     hf_model(kwargs).save_pretrained(src)
     reference = xe.load(str(src), device="cpu")
     out = tmp_path_factory.mktemp(f"onnx-{request.param}") / "export"
-    export_model(str(src), str(out), check=False, echo=lambda m: None)   # the test is the check
+    result = export_model(str(src), str(out), echo=lambda m: None)   # raises if its own check fails
+    assert result.ok and {r.file for r in result.rows} == {"text.fp32.onnx", "video.fp32.onnx"}
+    print(f"\n{request.param} export check:\n{result.table}")
     runtime = xe.load(str(out), backend="onnxruntime", device="cpu")
     c = reference.config
     g = torch.Generator().manual_seed(1)
@@ -35,14 +40,20 @@ def pair(request, tmp_path_factory):
 def test_ort_fp32_matches_reference(pair):
     reference, runtime, pixels = pair
     labels = load_labels("k400")[:12]
+    exact = float64_copy(reference.net)
+    ids = reference.tokenizer(labels, context_length=reference.config.context_length)
+    with torch.inference_mode():
+        text64 = exact.encode_text(ids)
+        logits64 = exact(pixels.double(), text64)
+        video64 = exact.encode_video(pixels.double())
     text, ref_text = runtime.encode_text(labels), reference.encode_text(labels)
-    err_text = assert_close(text, ref_text, rtol=1e-4, name="text features")
     logits, ref_logits = runtime.logits(pixels, text), reference.logits(pixels, ref_text)
-    err_logits = assert_close(logits, ref_logits, rtol=1e-4, name="logits")
-    err_video = assert_close(runtime.encode_video(pixels), reference.encode_video(pixels), rtol=1e-4,
-                             name="video embeddings")
-    assert torch.equal(logits.argmax(-1), ref_logits.argmax(-1))
+    verdicts = [judge("text features", text, text64, ref_text),
+                judge("logits", logits, logits64, ref_logits, classes=True),
+                judge("video embeddings", runtime.encode_video(pixels), video64, reference.encode_video(pixels))]
+    for v in verdicts:
+        print(v.row())
+    assert all(v.ok for v in verdicts), "\n".join(v.row() for v in verdicts)
     # the served graphs are the fused ones, checked against the plain graphs when they were made
     info = runtime.net.describe()
     assert info["video"]["fusion"] == "on" and info["video"]["fused"].get("QuickGelu", 0) > 0
-    print(f"relative max error: text {err_text:.2e}, logits {err_logits:.2e}, video {err_video:.2e}")
