@@ -5,7 +5,10 @@ What is ours and what is DALI's:
 * Which frames: computed here with the official rules (``video_sampling``) on the frame count
   from PyAV's packet index (no decoding), then handed to DALI's ``fn.decoders.video`` through its
   ``frames`` argument (explicit indices, any order, repeats allowed; DALI seeks with its own
-  keyframe index). Its frame ``k`` is the k-th frame in presentation order, as ours.
+  keyframe index). Its frame ``k`` is the k-th frame in presentation order, as ours. DALI counts
+  the frames itself; an index at or past its count is an error (``pad_mode="none"``), never a
+  padded frame, so a file where the two counts differ fails here (and ``read_clip`` with
+  ``auto`` reads it with PyAV) instead of giving black frames.
 * Geometry: the resized size (mmcv's rounding, ``rescaled_size``) and the crop anchors
   (``(w - S) // 2`` or the official three crops) are computed here and passed per sample, so the
   crops sit on exactly the pixels the PyAV path crops.
@@ -16,8 +19,9 @@ What is ours and what is DALI's:
   fixed-point weights vs DALI's float) round differently; tests/video measure it.
 
 Devices: ``device_id=None`` runs DALI's CPU operators (its CPU decoder reads VP8, VP9 and MJPEG
-only); on a GPU the decoder runs as ``device="mixed"`` (NVDEC, every common codec) and the rest
-on the GPU. ``iter_clips`` decodes a stream of files in batches with ``prefetch_queue_depth``
+only); on a GPU the decoder runs as ``device="mixed"`` (NVDEC: VP8, VP9, MJPEG, AV1, MPEG-4,
+H.264, HEVC, 8-bit 4:2:0 only; ``engine.decoders.dali_refusal`` keeps other files away) and the
+rest on the GPU. ``iter_clips`` decodes a stream of files in batches with ``prefetch_queue_depth``
 batches in flight, so decoding overlaps the model's work on the previous batch.
 
 Not handled by DALI: the display matrix (rotated phone videos come out as stored, not upright):
@@ -42,6 +46,11 @@ from .video_transforms import MEAN, STD, parse_views, rescaled_size, resize_targ
 
 PREFETCH = 2   # batches DALI prepares ahead of the one being consumed
 MAX_CACHED_PIPES = 4
+# fn.decoders.video's default pad_mode ("constant") fills a requested frame past the end of the
+# video (by DALI's own frame count) with fill_value, i.e. black, without any error; "none" makes
+# such an index an error ("Unexpected out-of-bounds frame index ..."). Our indices come from
+# PyAV's count, so an out-of-range one means the two disagree about the file: fail, do not pad.
+DECODE_ARGS = {"pad_mode": "none"}
 
 
 def _dali():
@@ -86,7 +95,9 @@ def plan_clip(path, num_frames: int, size: int, views: str = "1x1", seed: int | 
     with _no_av_errors(path), _Video(path) as video:
         n = video.num_frames
         ctx = video.stream.codec_context
-        width, height, codec = int(ctx.width), int(ctx.height), ctx.name
+        # the codec's name, not the decoder's (libdav1d decodes av1)
+        width, height = int(ctx.width), int(ctx.height)
+        codec = getattr(ctx.codec, "canonical_name", None) or ctx.name
     if clips is None:
         clips = sample_clip_indices(n, num_frames, num_clips, seed)
     else:
@@ -125,7 +136,7 @@ def _build(dev: int | None, num_crops: int, size: int, batch_size: int, source=N
             ins = fn.external_source(source=source, num_outputs=len(names), batch=True,
                                      dtype=dtypes, ndim=[1] * len(names))
         enc, frames, rsize, anchors = ins[0], ins[1], ins[2], ins[3:]
-        video = fn.decoders.video(enc, frames=frames, device="mixed" if gpu else "cpu")
+        video = fn.decoders.video(enc, frames=frames, device="mixed" if gpu else "cpu", **DECODE_ARGS)
         # size = (h, w) per sample, computed with mmcv's rounding; no antialias, as cv2.INTER_LINEAR
         video = fn.resize(video, size=rsize, interp_type=types.INTERP_LINEAR, antialias=False)
         outs = []
@@ -162,17 +173,28 @@ def _assemble(plan: ClipPlan, crops: list[np.ndarray]) -> np.ndarray:
 
 def _dali_reason(e: Exception) -> str:
     """The informative line of a DALI error (its text starts with "Critical error in pipeline:"
-    and source locations such as "[/opt/dali/...cc:253]")."""
-    for line in str(e).splitlines():
+    and source locations such as "[/opt/dali/...cc:253]"; an operator's own message follows the
+    pipeline-definition traceback, after a line "encountered:")."""
+    lines = str(e).splitlines()
+    after = [i for i, line in enumerate(lines) if line.strip() == "encountered:"]
+    if after:
+        lines = lines[after[0] + 1:]
+    for line in lines:
         line = re.sub(r"^\s*(\[[^\]]*\.(cc|cu|h):\d+\]\s*)+", "", line).strip()
-        if line and not line.startswith(("Critical error", "Current pipeline object")):
+        if line and not line.startswith(("Critical error", "Current pipeline object", "C++ context")):
             return line[:300]
     return e.__class__.__name__
 
 
 def _dali_error(path, dev, e: Exception) -> VideoError:
     where = "GPU" if dev is not None else "CPU"
-    return VideoError(path, f"DALI's {where} decoder failed ({_dali_reason(e)}); use --decoder pyav, "
+    reason = _dali_reason(e)
+    bounds = re.search(r"out-of-bounds frame index (\d+).*?(\d+) frames", reason)
+    if bounds:
+        # DECODE_ARGS: DALI's advice ("change pad_mode") would turn this into black frames
+        reason = (f"frame {bounds.group(1)} was asked for, from PyAV's frame count, but DALI finds only "
+                  f"{bounds.group(2)} frames in the file")
+    return VideoError(path, f"DALI's {where} decoder failed ({reason}); use --decoder pyav, "
                       "or re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`")
 
 
@@ -224,7 +246,8 @@ def decode_frames_dali(path, indices: Sequence[int], device=None) -> np.ndarray:
     def pipe():
         enc = dali.fn.external_source(name="enc", dtype=dali.types.UINT8, ndim=1)
         frames = dali.fn.external_source(name="frames", dtype=dali.types.INT32, ndim=1)
-        return dali.fn.decoders.video(enc, frames=frames, device="mixed" if dev is not None else "cpu")
+        return dali.fn.decoders.video(enc, frames=frames, device="mixed" if dev is not None else "cpu",
+                                      **DECODE_ARGS)
 
     p = pipe()
     p.build()

@@ -13,3 +13,12 @@ def clips(tmp_path_factory):
         "mjpeg": write_index_video(folder / "a.mkv", 40, "mjpeg", size=(96, 64)),
         "vp9_rotated": write_index_video(folder / "r.webm", 10, "vp9", size=(96, 64), rotation=90),
     }
+
+
+@pytest.fixture(autouse=True)
+def _no_dali_verdict_yet(monkeypatch):
+    """Every test starts before the first-clip check (read_clip keeps one verdict per process and
+    device), so that tests do not depend on which of them decoded with DALI first."""
+    from xclip_engine.engine import decoders
+
+    monkeypatch.setattr(decoders, "_DALI_CHECKED", {})

@@ -36,9 +36,72 @@ def test_auto_on_cpu_routes_by_codec(clips, dali_present):
     assert choose_decoder(clips["h264"], "pyav", device="cpu") == "pyav"
 
 
-def test_auto_on_gpu_takes_dali_for_every_codec(clips, dali_present):
+def test_auto_on_gpu_takes_dali_for_8bit_420_of_its_codecs(clips, dali_present):
     assert choose_decoder(clips["h264"], "auto", device="cuda:0") == "dali"
     assert choose_decoder(clips["vp9"], "auto", device="gpu") == "dali"
+    assert choose_decoder(clips["mjpeg"], "auto", device="gpu") == "dali"   # yuvj420p
+
+
+def _write(path, encoder, pix_fmt, frames=3, options=None):
+    """A few index frames with any encoder and pixel format (video_factory knows three codecs)."""
+    import av
+    from video_factory import index_image
+
+    try:
+        codec = av.codec.Codec(encoder, "w")
+    except Exception:  # noqa: BLE001 - UnknownCodecError and friends
+        pytest.skip(f"this FFmpeg has no {encoder} encoder")
+    if pix_fmt not in [f.name for f in codec.video_formats or []]:
+        pytest.skip(f"{encoder} here cannot write {pix_fmt}")
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(encoder, rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, pix_fmt
+        stream.options = options or {}
+        for k in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(index_image(k), format="rgb24")))
+        out.mux(stream.encode())
+    return str(path)
+
+
+GPU_ROUTES = [  # encoder, pixel format, file, FFmpeg codec name, what auto picks on a GPU
+    ("libx264", "yuv420p10le", "a.mp4", "h264", "pyav"),   # 10-bit: DALI's NV12 conversion is 8-bit
+    ("libx264", "yuv444p", "b.mp4", "h264", "pyav"),       # 4:4:4
+    ("libx264", "yuv422p", "c.mkv", "h264", "pyav"),       # 4:2:2
+    ("libx265", "yuv420p", "d.mp4", "hevc", "dali"),
+    ("libx265", "yuv420p10le", "e.mkv", "hevc", "pyav"),
+    ("mjpeg", "yuvj422p", "f.avi", "mjpeg", "pyav"),       # what webcams write
+    ("mpeg4", "yuv420p", "g.avi", "mpeg4", "dali"),
+    ("mpeg2video", "yuv420p", "h.mpg", "mpeg2video", "pyav"),   # not a codec DALI reads
+    ("ffv1", "yuv420p", "i.mkv", "ffv1", "pyav"),
+    ("libsvtav1", "yuv420p", "j.mkv", "av1", "dali"),      # decoded by libdav1d: named by codec
+]
+
+
+@pytest.mark.parametrize("encoder, pix_fmt, name, codec, expected", GPU_ROUTES,
+                         ids=[f"{e}-{f}" for e, f, *_ in GPU_ROUTES])
+def test_gpu_routing_by_codec_and_pixel_format(tmp_path, dali_present, encoder, pix_fmt, name, codec, expected):
+    options = {"x265-params": "log-level=none"} if encoder == "libx265" else None
+    path = _write(tmp_path / name, encoder, pix_fmt, options=options)
+    probe = decoders.probe_video(path)
+    assert (probe.codec, probe.pix_fmt, probe.rotated) == (codec, pix_fmt, False)
+    assert choose_decoder(path, "auto", device="cuda") == expected
+    if expected == "pyav":
+        what = "pixel format is" if codec in decoders.DALI_GPU_CODECS else "codec is"
+        with pytest.raises(VideoError, match=f"{what} {codec if what == 'codec is' else pix_fmt}.*--decoder pyav"):
+            choose_decoder(path, "dali", device="cuda")
+    else:
+        assert choose_decoder(path, "dali", device="cuda") == "dali"
+    # on the CPU only the codec matters (DALI's CPU decoder converts any pixel format)
+    cpu = "dali" if codec in decoders.DALI_CPU_CODECS else "pyav"
+    assert choose_decoder(path, "auto", device="cpu") == cpu
+
+
+def test_cpu_routing_ignores_the_pixel_format(tmp_path, dali_present):
+    path = _write(tmp_path / "k.mkv", "mjpeg", "yuvj422p")
+    assert choose_decoder(path, "auto", device="cpu") == "dali"
+    assert decoders.dali_refusal(decoders.VideoProbe("vp9", "yuv444p", False), on_gpu=False) is None
+    assert "8-bit 4:2:0" in decoders.dali_refusal(decoders.VideoProbe("vp9", "yuv444p", False), on_gpu=True)
+    assert "pixel format is unknown" in decoders.dali_refusal(decoders.VideoProbe("h264", "", False), on_gpu=True)
 
 
 def test_auto_without_dali_is_pyav(clips, dali_missing):
