@@ -40,10 +40,9 @@ def points(smoke: bool = False) -> list[dict]:
 
 def _model(t: int, smoke: bool):
     from xclip_engine.engine.api import Model
-    from xclip_engine.engine.backend_choice import choose_backend
     from xclip_engine.engine.config import get_config
-    from xclip_engine.engine.fast_cpu import to_bf16
     from xclip_engine.engine.model import XCLIP
+    from xclip_engine.engine.runtime.choice import choose_for_checkpoint
     from xclip_engine.engine.tokenizer import ClipTokenizer
 
     if smoke:
@@ -52,11 +51,8 @@ def _model(t: int, smoke: bool):
             embed_dim=64, mit_heads=1, prompt_heads=1, image_size=32, patch_size=8)
     else:
         cfg = get_config("xclip-base-patch32")
-    backend, precision, note = choose_backend(None, "cpu")
-    net = XCLIP(cfg.replace(num_frames=t)).eval()
-    if precision == "bf16":
-        to_bf16(net)
-    return Model(net, ClipTokenizer(), device="cpu", backend=backend), note
+    choice, net = choose_for_checkpoint(XCLIP(cfg.replace(num_frames=t)).eval(), "cpu")
+    return Model(net, ClipTokenizer(), device="cpu", backend=choice.backend), choice.note
 
 
 def run_point(point: dict, repeats: int, smoke: bool = False) -> dict:

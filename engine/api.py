@@ -48,6 +48,9 @@ def _default_device(device):
 class Model:
     """A loaded X-CLIP model with its tokenizer: the object `xe.load` returns."""
 
+    choice = None         # backend "auto": the measured Choice (engine/runtime/choice.py)
+    backend_note = ""     # which path runs, and why
+
     def __init__(self, net: XCLIP, tokenizer: ClipTokenizer, device=None, labels=None, origin: str = "",
                  kind: str = "", backend: str = "reference"):
         self.device = _default_device(device)
@@ -252,19 +255,27 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
     """Load X-CLIP from a registry name, a transformers folder, an official .pth, our checkpoint,
     or (backends onnxruntime / tensorrt) an export folder. No source: the bundled default model.
 
-    backend "auto" picks the fastest path that computes the right answers here (engine/backend_choice.py:
-    triton on a CUDA GPU, bf16 on a CPU with AMX, the runtime of an export folder) and says which, and
-    why, in `model.backend_note`. `precision`: fp32 | fp16 | int8 picks the graphs of an export folder;
-    for the reference backend fp32 (default) or bf16 (engine/fast_cpu.py: fast on AMX CPUs)."""
+    backend "auto" takes the fastest path that computes the reference's answers here: on first use
+    of an architecture on a machine it times and verifies every candidate (reference fp32 and bf16
+    on a CPU, reference and Triton on a GPU; an export folder's checked precisions) and caches the
+    verdict (engine/runtime/choice.py); `model.backend_note` says which and why, `model.choice`
+    holds the measurements. `precision`: fp32 | fp16 | int8 picks the graphs of an export folder;
+    for the reference backend fp32 (default) or bf16 (engine/fast_cpu.py)."""
     if source is None:
         source = default_model_path()
     if backend not in ("auto",) + BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
-    note = None
+    choice = None
     if backend == "auto":
-        from .backend_choice import choose_backend
+        from .runtime.choice import choose_for_export, is_export_folder
 
-        backend, precision, note = choose_backend(source, device, precision)
+        if is_export_folder(source):
+            choice = choose_for_export(source, device, precision)
+            backend, precision = choice.backend, choice.precision
+        elif precision in ("fp16", "int8"):
+            from .runtime.choice import checkpoint_candidates
+
+            checkpoint_candidates(_default_device(device), precision)   # raises: says where fp16/int8 run
     if backend in ("onnxruntime", "tensorrt"):
         try:
             from xclip_engine.export.runtime import load_runtime
@@ -272,29 +283,37 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
             raise NotImplementedError(f"backend {backend!r} is not available in this version of xclip-engine "
                                       f"({e}); use backend='reference'") from None
         model = load_runtime(source, backend=backend, device=device, precision=precision)
-        model.backend_note = note or f"{backend} ({getattr(model.net, 'precision', None) or precision or 'default'})"
+        model.choice = choice
+        model.backend_note = (choice.note if choice else
+                              f"{backend} ({getattr(model.net, 'precision', None) or precision or 'default'})")
         return model
-    if precision not in (None, "fp32", "bf16"):
+    if backend != "auto" and precision not in (None, "fp32", "bf16"):
         raise ValueError(f"precision={precision!r}: backend {backend!r} runs a checkpoint in fp32 or bf16; fp16 and "
                          "int8 are graphs of an export folder (xclip-engine export, then backend 'onnxruntime' or "
                          "'tensorrt')")
-    if precision == "bf16" and backend != "reference":
+    if precision == "bf16" and backend not in ("reference", "auto"):
         raise ValueError(f"precision='bf16' runs on backend 'reference' (the {backend} kernels are fp32/fp16)")
     loaded = load_model(source, arch=arch, random_init=random_init)
     net = loaded.model
-    if backend == "triton":
+    if backend == "auto":
+        from .runtime.choice import choose_for_checkpoint
+
+        choice, net = choose_for_checkpoint(net, device, precision)
+        backend, precision = choice.backend, choice.precision
+    elif backend == "triton":
         try:
             from xclip_engine.kernels.backend import triton_ops
         except ImportError as e:
             raise NotImplementedError(f"backend 'triton' is not available in this version of xclip-engine "
                                       f"({e}); use backend='reference'") from None
         net.use_ops(triton_ops(device))
-    if precision == "bf16":
+    if precision == "bf16" and choice is None:
         from .fast_cpu import to_bf16
 
         to_bf16(net.eval())
     tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
     model = Model(net, tokenizer, device=device, labels=loaded.labels, origin=loaded.origin,
                   kind=loaded.kind, backend=backend)
-    model.backend_note = note or f"{backend} ({precision or 'fp32'}, asked for)"
+    model.choice = choice
+    model.backend_note = choice.note if choice else f"{backend} ({precision or 'fp32'}, asked for)"
     return model

@@ -10,6 +10,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+# backend "auto" keeps its measured verdicts in a per-user cache: the tests (and the commands they
+# start, which inherit the environment) use a private one, so they neither read nor change the user's
+if "XCLIP_ENGINE_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["XCLIP_ENGINE_CACHE"] = tempfile.mkdtemp(prefix="xclip-engine-test-cache-")
+
 
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory):
