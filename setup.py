@@ -12,6 +12,7 @@ SUBPACKAGES = {
     "xclip_engine.engine": "engine",
     "xclip_engine.engine.model": "engine/model",
     "xclip_engine.engine.checkpoint": "engine/checkpoint",
+    "xclip_engine.engine.runtime": "engine/runtime",
     "xclip_engine.kernels": "kernels",
     "xclip_engine.export": "export",
     "xclip_engine.train": "train",
@@ -59,9 +60,15 @@ setup(
                 'nvidia-dali-cuda120>=2.4; platform_system == "Linux" and platform_machine == "x86_64"',
                 "matplotlib>=3.7"],
         # GPU machines: onnxruntime-gpu INSTEAD of onnxruntime (both install the module `onnxruntime`:
-        # uninstall onnxruntime first, see README), TensorRT, Triton
+        # `bash scripts/setup.sh gpu` uninstalls onnxruntime first), TensorRT, Triton.
+        # Every package here is a CUDA 12 build, like torch's cu12x wheels and nvidia-dali-cuda120: the bare
+        # `tensorrt` resolves to TensorRT 11, which pulls tensorrt-cu13 (CUDA 13, driver R580+), and
+        # onnxruntime-gpu from PyPI is built for CUDA 13 from 1.27 on (1.19-1.26 are CUDA 12, cuDNN 9). On a
+        # CUDA 12 driver a CUDA 13 TensorRT fails to load engines with a misleading "built by another
+        # TensorRT version", and a CUDA 13 onnxruntime-gpu falls back to the CPU. tensorrt-cu12 pins its
+        # tensorrt-cu12-libs and -bindings to its own version; <12: a new TensorRT major changes the API.
         "gpu": ['triton>=3.4; platform_system == "Linux"', "onnx>=1.17", "onnxscript>=0.5",
-                "onnxruntime-gpu>=1.20", "tensorrt>=10", "nvidia-dali-cuda120>=2.4"],
+                "onnxruntime-gpu>=1.20,<1.27", "tensorrt-cu12>=10,<12", "nvidia-dali-cuda120>=2.4"],
     },
     entry_points={"console_scripts": ["xclip-engine=xclip_engine.engine.cli:main"]},
 )

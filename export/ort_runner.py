@@ -4,9 +4,10 @@ Two sessions (text, video) with the interface Model expects of a net: `.config`,
 `encode_video(px)`, `video_features(px)`, `__call__(px, text) -> logits`, torch tensors in and out.
 
 Per graph, once per machine (cached in DIR/cache/, keyed by the graph's sha256, the ONNX Runtime
-version and the providers):
+version and the providers: CUDA then CPU on a GPU, CPU alone otherwise; never ORT's TensorRT
+provider, see available_providers):
 1. ONNX Runtime's transformer optimizer fuses what it recognises (LayerNormalization, QuickGelu,
-   SkipLayerNormalization on GPU providers, Attention where the pattern holds) into contrib ops;
+   SkipLayerNormalization with the CUDA provider, Attention where the pattern holds) into contrib ops;
 2. the fused graph must agree with the plain one on sample inputs (1e-4 relative), else the plain
    graph is used and the reason recorded;
 3. the session runs with all graph optimizations on and writes its optimized model to the cache,
@@ -28,34 +29,49 @@ from .manifest import ExportFolderError, Manifest
 
 CACHE_DIR = "cache"
 FUSION_RTOL = 1e-4
-FUSION_RECIPE = "f2"   # f2: no SkipLayerNormalization on the CPU provider
+# f2: no SkipLayerNormalization on the CPU provider; the CUDA provider (which has kernels for every
+# contrib op fuse() writes) gets the full recipe
+FUSION_RECIPE = "f2"
 
 
 def available_providers(device: torch.device) -> list[str]:
-    """TensorRT or CUDA first when onnxruntime-gpu sees a GPU and the device is cuda, CPU always last."""
+    """CUDA then CPU when the device is cuda and onnxruntime-gpu has the CUDA provider; CPU alone otherwise.
+
+    Never ONNX Runtime's TensorRT provider, even where the package has it: ORT cannot save an optimized
+    model holding TensorRT-compiled nodes (the cache below would never be written, so a big graph is
+    built again on every load), it would get no min/opt/max shape profile (its engine is rebuilt each
+    time the batch or label count leaves the range seen so far), and the com.microsoft ops that fuse()
+    writes are not TensorRT ops, so they split the graph into many small engines. TensorRT has its own
+    backend with explicit profiles: trt_runner.py, `backend="tensorrt"`.
+    """
     import onnxruntime as ort
 
-    have = ort.get_available_providers()
-    chosen = []
-    if device.type == "cuda":
-        chosen = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in have]
-        if not chosen:
-            warnings.warn("device is cuda but this onnxruntime has no CUDA or TensorRT provider (the CPU package "
-                          "is installed?): running on CPU. On a GPU machine install onnxruntime-gpu in place of "
-                          "onnxruntime (pip install 'xclip-engine[gpu]')", stacklevel=3)
-    return [*chosen, "CPUExecutionProvider"]
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    warnings.warn("device is cuda but this onnxruntime has no CUDA provider (the CPU package is installed?): "
+                  "running on CPU. On a GPU machine install onnxruntime-gpu in place of onnxruntime "
+                  "(bash scripts/setup.sh gpu, or pip install 'xclip-engine[gpu]' after pip uninstall "
+                  "onnxruntime)", stacklevel=3)
+    return ["CPUExecutionProvider"]
 
 
-def _provider_options(providers, device, cache_dir):
+def _device_id(device: torch.device) -> int:
+    """The CUDA ordinal of `device`: cuda:1 -> 1; a bare "cuda" is torch's current device, as in torch."""
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+
+def _provider_options(providers: list[str], device: torch.device) -> list[dict]:
     opts = []
     for p in providers:
-        if p == "TensorrtExecutionProvider":
-            o = {"device_id": device.index or 0, "trt_fp16_enable": False}
-            if cache_dir:
-                o.update(trt_engine_cache_enable=True, trt_engine_cache_path=cache_dir)
-            opts.append(o)
-        elif p == "CUDAExecutionProvider":
-            opts.append({"device_id": device.index or 0})
+        if p == "CUDAExecutionProvider":
+            # use_tf32 0: ORT's CUDA provider runs fp32 MatMuls in TF32 by default (a 10-bit mantissa,
+            # ~1e-3 relative), which would make the fp32 graph fail the fusion check's 1e-4 and disagree
+            # with torch's fp32 (TF32 off by default). The fp16 graph is the fast GPU path.
+            opts.append({"device_id": _device_id(device), "use_tf32": 0})
         else:
             opts.append({})
     return opts
@@ -91,6 +107,21 @@ def _session(model, providers, provider_options, level="all", optimized_path=Non
         so.optimized_model_filepath = optimized_path
     src = model if isinstance(model, str) else model.SerializeToString()
     return ort.InferenceSession(src, so, providers=providers, provider_options=provider_options)
+
+
+def _warn_if_fell_back(session, providers: list[str]) -> bool:
+    """True, with a warning, when ONNX Runtime started without the CUDA provider that was asked for.
+
+    ORT does not fail when the CUDA provider cannot start (a CUDA or cuDNN library missing, or of another
+    major than the onnxruntime-gpu build): it logs and carries on with the CPU provider alone.
+    """
+    if "CUDAExecutionProvider" not in providers or "CUDAExecutionProvider" in session.get_providers():
+        return False
+    warnings.warn("ONNX Runtime could not start its CUDA provider (its CUDA 12 / cuDNN 9 libraries did not "
+                  "load: is onnxruntime-gpu a CUDA 12 build, with torch's CUDA 12 build installed?) and runs "
+                  "this graph on the CPU; `python -c \"import onnxruntime as o; o.preload_dlls(verbose=True)\"` "
+                  "shows what loads", stacklevel=3)
+    return True
 
 
 def _max_rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -132,17 +163,24 @@ class GraphSession:
 
         providers = available_providers(device)
         entry = manifest.graphs[role][precision]
-        tag = "-".join(p.replace("ExecutionProvider", "").lower() for p in providers)
-        # FUSION_RECIPE: a change to what fuse() does must not serve graphs fused the old way
-        key = (f"{role}.{precision}.{entry.get('sha256', 'nohash')[:12]}.ort{ort.__version__}.{tag}"
-               + (f".{FUSION_RECIPE}" if fusion else ".nofusion"))
         cache_dir = os.path.join(manifest.folder, CACHE_DIR)
-        cached = os.path.join(cache_dir, key + ".onnx")
-        info_path = os.path.join(cache_dir, key + ".json")
-        opts = _provider_options(providers, device, cache_dir if _writable(cache_dir) else None)
+
+        def cache_paths(providers):
+            # The providers are in the key because the optimized model ORT saves is specific to them (it
+            # fuses and lays out nodes for the providers the session has); the device ordinal is not: the
+            # same graph serves cuda:0 and cuda:1. FUSION_RECIPE: a change to what fuse() does must not
+            # serve graphs fused the old way.
+            tag = "-".join(p.replace("ExecutionProvider", "").lower() for p in providers)
+            key = (f"{role}.{precision}.{entry.get('sha256', 'nohash')[:12]}.ort{ort.__version__}.{tag}"
+                   + (f".{FUSION_RECIPE}" if fusion else ".nofusion"))
+            return os.path.join(cache_dir, key + ".onnx"), os.path.join(cache_dir, key + ".json")
+
+        cached, info_path = cache_paths(providers)
+        opts = _provider_options(providers, device)
         if os.path.isfile(cached) and os.path.isfile(info_path):
             try:
                 self.session = _session(cached, providers, opts, level="none")
+                _warn_if_fell_back(self.session, providers)
                 with open(info_path, encoding="utf-8") as f:
                     self.info = json.load(f)
                 self._check_names()
@@ -166,6 +204,10 @@ class GraphSession:
             raise ExportFolderError(f"{self.path}: ONNX Runtime cannot load this graph ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:300]}); the file is damaged or not from "
                                     "xclip-engine export: copy the folder again or re-export it") from None
+        if _warn_if_fell_back(plain, providers):
+            # built and cached as what it is, a CPU graph (the CPU fusion recipe, the CPU key)
+            providers, opts = ["CPUExecutionProvider"], [{}]
+            cached, info_path = cache_paths(providers)
         self.session = plain
         self._check_names()
         if fusion and precision == "fp32":

@@ -5,8 +5,9 @@ precision.py) is parsed into a strongly typed network, the form TensorRT 10 buil
 one TensorRT 11 has (it removed BuilderFlag.FP16, DESIGN.md section 5), with one optimization
 profile over the dynamic axes: videos B in 1..max_batch, labels K in 1..max_labels, tokens L in
 1..77. Run: named-tensor I/O on torch CUDA tensors (set_input_shape, set_tensor_address,
-execute_async_v3 on torch's current stream). Calls larger than a profile are split, because
-videos are independent and so are labels (the prompt generator works per video-label pair).
+execute_async_v3 on a stream of the engine's device, every TensorRT call under
+torch.cuda.device). Calls larger than a profile are split, because videos are independent and so
+are labels (the prompt generator works per video-label pair).
 API: TensorRT Python API, "Migrating from TensorRT 8.x to 10.x" (named tensors, enqueueV3).
 """
 
@@ -33,8 +34,9 @@ def require_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise TensorRTUnavailable("the tensorrt package is not installed; on a GPU machine: "
-                                  "pip install 'xclip-engine[gpu]' (see the README)") from None
+        raise TensorRTUnavailable("the tensorrt package is not installed; on a GPU machine: bash scripts/setup.sh "
+                                  "gpu, or pip install 'xclip-engine[gpu]' (its CUDA 12 build, tensorrt-cu12)"
+                                  ) from None
     return trt
 
 
@@ -42,9 +44,19 @@ def _logger(trt):
     return trt.Logger(trt.Logger.WARNING)
 
 
-def build_engine(onnx_path: str, plan_path: str, profile: dict[str, tuple], workspace_gib: float = 4.0) -> None:
-    """Parse `onnx_path` strongly typed, build with one profile {input: (min, opt, max) shapes}, write the plan."""
+def build_engine(onnx_path: str, plan_path: str, profile: dict[str, tuple], workspace_gib: float = 4.0,
+                 device=None) -> None:
+    """Parse `onnx_path` strongly typed, build with one profile {input: (min, opt, max) shapes}, write the plan.
+
+    The engine is built for (and timed on) `device`, torch's current CUDA device when None: TensorRT
+    builds on the device that is current, so the build runs under torch.cuda.device(device).
+    """
     trt = require_tensorrt()
+    with torch.cuda.device(torch.device("cuda") if device is None else torch.device(device)):
+        _build(trt, onnx_path, plan_path, profile, workspace_gib)
+
+
+def _build(trt, onnx_path, plan_path, profile, workspace_gib) -> None:
     logger = _logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -80,42 +92,59 @@ def profiles(config, max_batch: int, max_labels: int) -> dict[str, dict[str, tup
 
 
 class _Engine:
-    """One deserialized engine and its execution context; runs on torch tensors already on the GPU."""
+    """One deserialized engine and its execution context; runs on torch tensors on its GPU.
+
+    TensorRT binds an engine to the device that is current when it is deserialized, and its execution
+    contexts to the engine's device; enqueueV3 must then run with that device current, on a stream of
+    that device (TensorRT FAQ, "How do I use TensorRT on multiple GPUs?"). torch leaves device 0 current
+    whatever device a model is on, so every TensorRT call here runs under torch.cuda.device(device):
+    for a model on cuda:1, deserializing on device 0 and running on device 1 fails or reads memory of
+    the wrong GPU.
+    """
 
     def __init__(self, trt, path: str, device: torch.device):
         with open(path, "rb") as f:
             data = f.read()
-        self.runtime = trt.Runtime(_logger(trt))
-        with torch.cuda.device(device):
-            self.engine = self.runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise ExportFolderError(f"{path}: TensorRT {trt.__version__} cannot load this engine (built by another "
-                                    "TensorRT version or for another GPU); rebuild it on this machine: "
-                                    "xclip-engine export --model SOURCE --out DIR --tensorrt")
-        self.context = self.engine.create_execution_context()
-        self.device = device
+        self.device = torch.device(device)
         self.trt = trt
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        with torch.cuda.device(self.device):
+            self.runtime = trt.Runtime(_logger(trt))
+            self.engine = self.runtime.deserialize_cuda_engine(data)
+            if self.engine is None:
+                raise ExportFolderError(
+                    f"{path}: TensorRT {trt.__version__} cannot load this engine (built by another TensorRT "
+                    "version or for another GPU, or this tensorrt package is for another CUDA major than the "
+                    "driver: on a CUDA 12 driver it must be tensorrt-cu12); rebuild it on this machine: "
+                    "xclip-engine export --model SOURCE --out DIR --tensorrt")
+            self.context = self.engine.create_execution_context()
+            # its own stream: TensorRT warns that enqueueV3 on the default stream (torch's current one
+            # unless the caller set another) costs extra synchronizations
+            self.stream = torch.cuda.Stream(device=self.device)
+            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+            self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+            self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         self.outputs = [n for n in names if n not in self.inputs]
-        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
 
     def __call__(self, **feeds: torch.Tensor) -> list[torch.Tensor]:
-        keep = []
-        for name in self.inputs:
-            x = feeds[name].to(self.device, self.dtypes[name]).contiguous()
-            keep.append(x)
-            self.context.set_input_shape(name, tuple(x.shape))
-            self.context.set_tensor_address(name, x.data_ptr())
-        outs = []
-        for name in self.outputs:
-            y = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device=self.device)
-            self.context.set_tensor_address(name, y.data_ptr())
-            outs.append(y)
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed (see its log above)")
-        stream.synchronize()
+        with torch.cuda.device(self.device):
+            keep = []   # the inputs on the device, alive until the engine has run
+            for name in self.inputs:
+                x = feeds[name].to(self.device, self.dtypes[name]).contiguous()
+                keep.append(x)
+                self.context.set_input_shape(name, tuple(x.shape))
+                self.context.set_tensor_address(name, x.data_ptr())
+            outs = []
+            for name in self.outputs:
+                y = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+                                device=self.device)
+                self.context.set_tensor_address(name, y.data_ptr())
+                outs.append(y)
+            # the inputs were copied and the outputs allocated on torch's current stream of the device
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed (see its log above)")
+            # synchronized: the inputs may be freed and the outputs read on any stream once this returns
+            self.stream.synchronize()
         return outs
 
 
@@ -133,6 +162,9 @@ class TrtNet:
         self.device = torch.device(device) if device is not None else torch.device("cuda")
         if self.device.type != "cuda":
             raise ValueError(f"backend 'tensorrt' runs on a CUDA device, not {self.device}")
+        if self.device.index is None:
+            # pinned now: the engines are bound to the device current at load, whatever is current later
+            self.device = torch.device("cuda", torch.cuda.current_device())
         info = manifest.tensorrt
         if not info:
             raise ExportFolderError(f"{manifest.folder}: has no TensorRT engines; build them on this GPU machine: "

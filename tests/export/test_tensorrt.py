@@ -48,3 +48,18 @@ def test_tensorrt_matches_reference_within_fp16_tolerance(trt_folder, reference)
     assert_close(logits, logits32, rtol=0.0, atol=2 * torch_err + 1e-3, name="TensorRT logits")
     assert torch.equal(logits.argmax(-1), logits32.argmax(-1))
     assert model.encode_video(px).shape == (6, 64)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_tensorrt_on_a_second_gpu(trt_folder):
+    # TensorRT binds an engine to the device current at deserialization and runs it on that device:
+    # the runner must load and run a cuda:1 model under cuda:1 while torch keeps device 0 current
+    if torch.cuda.get_device_name(0) != torch.cuda.get_device_name(1):
+        pytest.skip("needs two CUDA GPUs of one model (TensorRT engines are specific to the GPU model)")
+    labels = load_labels("k400")[:5]
+    px = torch.randn(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    on0 = xe.load(str(trt_folder), backend="tensorrt", device="cuda:0").logits(px, labels)
+    model = xe.load(str(trt_folder), backend="tensorrt", device="cuda:1")
+    on1 = model.logits(px, labels)
+    assert on1.device == torch.device("cuda:1") and torch.cuda.current_device() == 0
+    assert_close(on1.cpu(), on0.cpu(), rtol=0.0, atol=1e-3, name="TensorRT logits, cuda:1 vs cuda:0")
