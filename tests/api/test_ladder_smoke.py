@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 pytest.importorskip("transformers", reason="the ladder's baseline rungs need transformers")
 
 RUNGS = ["hf_fp32", "hf_bf16_autocast", "ours_fp32_video", "ours_fp32_compile", "ours_bf16", "ours_autocast_bf16",
-         "triton", "tensorrt_fp16"]
+         "ours_auto", "triton", "tensorrt_fp16"]
 
 
 def test_ladder_smoke_writes_every_rung(tmp_path):
@@ -28,10 +28,12 @@ def test_ladder_smoke_writes_every_rung(tmp_path):
     assert set(data["matmul_gflops"]) == {"fp32", "bf16"} and data["mode"] == "smoke"
     rows = {r["rung"]: r for r in data["rows"]}
     assert set(rows) == {"ours_fp32", *RUNGS}
-    for name in ("ours_fp32", "hf_fp32", "hf_bf16_autocast", "ours_bf16", "ours_autocast_bf16", "ours_fp32_video"):
+    for name in ("ours_fp32", "hf_fp32", "hf_bf16_autocast", "ours_bf16", "ours_autocast_bf16", "ours_fp32_video",
+                 "ours_auto"):
         r = rows[name]
         assert r["videos/s"] > 0 and r["p90 s"] >= r["p50 s"] > 0 and r["peak RSS MiB"] > 0 and r["GFLOP/s"] > 0
-    for name in ("hf_fp32", "ours_bf16", "ours_autocast_bf16"):   # answers compared with ours fp32
+    assert any(t["what"].startswith("ours_auto / ") for t in data["targets"])
+    for name in ("hf_fp32", "ours_bf16", "ours_autocast_bf16", "ours_auto"):   # answers compared with ours fp32
         assert 0 <= rows[name]["top-1 agree"] <= 1 and rows[name]["max err % range"] >= 0
     assert rows["ours_fp32"]["max err % range"] == 0 and rows["ours_fp32"]["top-1 agree"] == 1
     assert rows["hf_fp32"]["max err % range"] < 0.1, "transformers and ours compute the same logits"
