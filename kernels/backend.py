@@ -4,9 +4,11 @@
 
 Same contract as engine/model/ops.py ReferenceOps, entry by entry. Each entry checks its kernel's
 guard (shape, dtype, device, autograd, XCLIP_DISABLE_TRITON) and runs the reference op where the
-kernel does not apply, so the backend always computes the reference model. Causal attention (the
-text tower) has no kernel here and runs the reference SDPA; non-causal self-attention (the MIT)
-uses the prompt-attention kernel, which is a general non-causal attention.
+kernel does not apply, so the backend always computes the reference model. Each kernel also proves
+itself on its first GPU use and is switched off (one warning, the reference op in its place) when
+it fails that check or a launch raises: kernels/selfcheck.py; kernel_status() reports the verdicts.
+Causal attention (the text tower) has no kernel here and runs the reference SDPA; non-causal
+self-attention (the MIT) uses the prompt-attention kernel, which is a general non-causal attention.
 
 The kernel modules are imported inside triton_ops(), not at import time: @triton.jit reads
 TRITON_INTERPRET when a kernel is defined, so defining them late lets a process (a test) set the
@@ -20,8 +22,10 @@ import importlib
 import torch
 
 from .guards import DISABLE_ENV, disabled, interpreting
+from .selfcheck import KERNELS, kernel_status, self_check
 
-KERNEL_MODULES = ("frame_attention", "message_attention", "layer_norm", "quick_gelu", "prompt_attention")
+KERNEL_MODULES = KERNELS
+__all__ = ["TritonOps", "TritonUnavailable", "kernel_status", "self_check", "triton_ops"]
 
 
 class TritonUnavailable(NotImplementedError):
@@ -32,6 +36,7 @@ class TritonOps:
     """Fused kernels where they apply, the reference op elsewhere (see each kernel's why_not)."""
 
     name = "triton"
+    kernel_status = staticmethod(kernel_status)      # {kernel: "ok" | "off: reason" | "unchecked"}
 
     def __init__(self):
         from . import frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .guards import common_reason, dot_precision, next_pow2
+from . import selfcheck
+from .guards import common_reason, dot_precision, grid_reason, next_pow2, on_device
 from .online_softmax import attend_key_tiles
 
 
@@ -50,8 +51,8 @@ def _frame_attention_kernel(
     H, L, DH, qk_scale,        # qk_scale = log2(e) / sqrt(dh): softmax in base 2
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)          # BT x H can pass 65535 (16 x 12 views x 32 frames x 12 heads): axis 0
+    pid_m = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -84,24 +85,32 @@ def _empty_output(q):
     return q.new_empty(bt, seq, h, dh).transpose(1, 2)
 
 
+BLOCK_M = 64
+
+
+def _grid(bt, h, seq):
+    # one program per (frame, head) on axis 0 (up to 2^31 - 1), the few query tiles of L on axis 1
+    return (bt * h, triton.cdiv(seq, BLOCK_M))
+
+
 def _launch(q, k, v, k_msg, v_msg):
     bt, h, seq, dh = q.shape
     o = _empty_output(q)
     block_d = max(16, next_pow2(dh))
     # 64 x 64 tiles with 4 warps: the flash-attention tutorial's choice for dh <= 64; a [128, 128]
     # dh tile halves BLOCK_N to keep the K/V tiles in shared memory.
-    block_m, block_n = 64, (64 if block_d <= 64 else 32)
-    grid = (triton.cdiv(seq, block_m), bt * h)
-    _frame_attention_kernel[grid](
-        q, k, v, k_msg, v_msg, o,
-        *q.stride(), *k.stride(), *v.stride(),
-        k_msg.stride(0), k_msg.stride(1), k_msg.stride(3),
-        v_msg.stride(0), v_msg.stride(1), v_msg.stride(3),
-        *o.stride(),
-        h, seq, dh, 1.4426950408889634 / dh**0.5,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
-        num_warps=4, num_stages=2,
-    )
+    block_m, block_n = BLOCK_M, (64 if block_d <= 64 else 32)
+    with on_device(q):
+        _frame_attention_kernel[_grid(bt, h, seq)](
+            q, k, v, k_msg, v_msg, o,
+            *q.stride(), *k.stride(), *v.stride(),
+            k_msg.stride(0), k_msg.stride(1), k_msg.stride(3),
+            v_msg.stride(0), v_msg.stride(1), v_msg.stride(3),
+            *o.stride(),
+            h, seq, dh, 1.4426950408889634 / dh**0.5,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
+            num_warps=4, num_stages=2,
+        )
     return o
 
 
@@ -126,13 +135,24 @@ def why_not(q, k, v, k_msg, v_msg) -> str | None:
         return f"message key/value shapes {tuple(k_msg.shape)}, {tuple(v_msg.shape)} (need [BT, H, 1, dh])"
     if q.shape[2] == 0 or dh > 128:
         return f"L={q.shape[2]}, dh={dh} (kernel takes L >= 1, dh <= 128)"
-    return common_reason(q, k, v, k_msg, v_msg)
+    return grid_reason(_grid(bt, h, q.shape[2])) or common_reason(q, k, v, k_msg, v_msg)
 
 
 def frame_attention(q, k, v, k_msg, v_msg):
-    """The fused kernel where it applies, else the reference op (same contract as ReferenceOps)."""
-    if why_not(q, k, v, k_msg, v_msg) is not None:
-        from xclip_engine.engine.model.ops import REFERENCE
+    """The fused kernel where it applies and works, else the reference op (same contract as ReferenceOps)."""
+    from xclip_engine.engine.model.ops import REFERENCE
 
-        return REFERENCE.frame_attention(q, k, v, k_msg, v_msg)
-    return frame_attention_op(q, k, v, k_msg, v_msg)
+    return selfcheck.dispatch("frame_attention", why_not(q, k, v, k_msg, v_msg), q,
+                              lambda: frame_attention_op(q, k, v, k_msg, v_msg),
+                              lambda: REFERENCE.frame_attention(q, k, v, k_msg, v_msg))
+
+
+def selfcheck_cases(dtype, device):
+    """Inputs of the first-use self-check (kernels/selfcheck.py): the model's strided head views, L
+    not a multiple of the tile."""
+    g = torch.Generator().manual_seed(0)
+    bt, h, seq, dh = 2, 2, 37, 64
+    heads = lambda x: x.view(bt, x.shape[1], h, dh).transpose(1, 2)
+    q, k, v = (heads(t) for t in torch.randn(bt, seq, 3 * h * dh, generator=g).to(device, dtype).chunk(3, -1))
+    km, vm = (heads(t) for t in torch.randn(bt, 1, 2 * h * dh, generator=g).to(device, dtype).chunk(2, -1))
+    return [("frame_attention", _launch, frame_attention_ref, (q, k, v, km, vm))]

@@ -8,6 +8,7 @@ imported only inside the functions, so importing this module never needs triton 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -30,6 +31,31 @@ def interpreting() -> bool:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+# CUDA's grid limits: axis 0 takes up to 2^31 - 1 programs, axes 1 and 2 only 65535, so the
+# launchers put the large (batch x heads) dimension on axis 0 and small tile counts on axis 1
+GRID_MAX = (2**31 - 1, 65535, 65535)
+
+
+def grid_reason(grid) -> str | None:
+    """Why CUDA could not launch `grid` (a tuple of 1 to 3 program counts), or None if it can."""
+    for axis, (n, cap) in enumerate(zip(grid, GRID_MAX)):
+        if n > cap:
+            return f"launch grid {tuple(grid)}: axis {axis} has {n} programs, CUDA allows at most {cap}"
+    return None
+
+
+def on_device(t: torch.Tensor):
+    """The context a launch for tensor `t` runs in: its CUDA device made current, else nothing.
+
+    Triton launches on the *current* CUDA device (and its current stream), not on the device of the
+    pointers it is given: a model on cuda:1 launched from a thread whose current device is cuda:0
+    would read cuda:1 memory from cuda:0. CPU tensors (the interpreter) need no device switch.
+    """
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
 def dot_precision(dtype: torch.dtype) -> str:

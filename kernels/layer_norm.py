@@ -15,7 +15,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .guards import common_reason, interpreting, next_pow2
+from . import selfcheck
+from .guards import common_reason, interpreting, next_pow2, on_device
 
 
 # ---- reference ---------------------------------------------------------------------------------
@@ -63,6 +64,17 @@ def _rows(x):
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _rows_per_program(block_d):
+    # about 4096 elements per program on a GPU (32 per thread at 4 warps); the interpreter pays per
+    # program, not per element, so it takes 16x more rows at a time
+    return max(1, (65536 if interpreting() else 4096) // block_d)
+
+
+def _grid(m, d):
+    # one axis: rows / ROWS programs, far below axis 0's 2^31 - 1 for any tensor of < 2^31 elements
+    return (triton.cdiv(m, _rows_per_program(next_pow2(d))),)
+
+
 def _launch(x, delta, weight, bias, eps):
     d = x.shape[-1]
     x2 = _rows(x)
@@ -71,14 +83,13 @@ def _launch(x, delta, weight, bias, eps):
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     s = torch.empty_like(y) if delta is not None else y
     block_d = next_pow2(d)
-    # about 4096 elements per program on a GPU (32 per thread at 4 warps); the interpreter pays per
-    # program, not per element, so it takes 16x more rows at a time
-    rows = max(1, (65536 if interpreting() else 4096) // block_d)
-    _layer_norm_kernel[(triton.cdiv(m, rows),)](
-        x2, d2, weight, bias, y.view(m, d), s.view(m, d),
-        x2.stride(0), d2.stride(0), d, d, m, d, eps,
-        ROWS=rows, BLOCK_D=block_d, HAS_DELTA=delta is not None, num_warps=4 if block_d <= 2048 else 8,
-    )
+    with on_device(x):
+        _layer_norm_kernel[_grid(m, d)](
+            x2, d2, weight, bias, y.view(m, d), s.view(m, d),
+            x2.stride(0), d2.stride(0), d, d, m, d, eps,
+            ROWS=_rows_per_program(block_d), BLOCK_D=block_d, HAS_DELTA=delta is not None,
+            num_warps=4 if block_d <= 2048 else 8,
+        )
     return y, s
 
 
@@ -120,17 +131,30 @@ def why_not(x, weight, bias, delta=None) -> str | None:
 
 
 def layer_norm(x, weight, bias, eps: float):
-    if why_not(x, weight, bias) is not None:
-        from xclip_engine.engine.model.ops import REFERENCE
+    from xclip_engine.engine.model.ops import REFERENCE
 
-        return REFERENCE.layer_norm(x, weight, bias, eps)
-    return layer_norm_op(x, weight, bias, eps)
+    return selfcheck.dispatch("layer_norm", why_not(x, weight, bias), x, lambda: layer_norm_op(x, weight, bias, eps),
+                              lambda: REFERENCE.layer_norm(x, weight, bias, eps))
 
 
 def add_layer_norm(x, delta, weight, bias, eps: float):
     """(x + delta, LN(x + delta)) in one pass."""
-    if why_not(x, weight, bias, delta) is not None:
-        from xclip_engine.engine.model.ops import REFERENCE
+    from xclip_engine.engine.model.ops import REFERENCE
 
-        return REFERENCE.add_layer_norm(x, delta, weight, bias, eps)
-    return add_layer_norm_op(x, delta, weight, bias, eps)
+    return selfcheck.dispatch("layer_norm", why_not(x, weight, bias, delta), x,
+                              lambda: add_layer_norm_op(x, delta, weight, bias, eps),
+                              lambda: REFERENCE.add_layer_norm(x, delta, weight, bias, eps))
+
+
+def selfcheck_cases(dtype, device):
+    """Inputs of the first-use self-check (kernels/selfcheck.py): a residual stream with per-channel
+    offsets (mean far from 0), D not a power of two, plain and with the fused residual add."""
+    g = torch.Generator().manual_seed(0)
+    shape, d = (2, 37, 96), 96
+    x = (3.0 * torch.randn(d, generator=g) + torch.randn(shape, generator=g)).to(device, dtype)
+    delta = torch.randn(shape, generator=g).to(device, dtype)
+    w = (1.0 + 0.2 * torch.randn(d, generator=g)).to(device, dtype)
+    b = (0.2 * torch.randn(d, generator=g)).to(device, dtype)
+    return [("layer_norm", lambda *a: _launch(a[0], None, *a[1:])[0], layer_norm_ref, (x, w, b, 1e-5)),
+            ("add_layer_norm", lambda *a: _launch(*a)[::-1],
+             lambda x, delta, w, b, eps: layer_norm_ref(x, w, b, eps, delta=delta), (x, delta, w, b, 1e-5))]

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .guards import common_reason, dot_precision, interpreting, next_pow2
+from . import selfcheck
+from .guards import common_reason, dot_precision, grid_reason, interpreting, next_pow2, on_device
 
 
 # ---- reference ---------------------------------------------------------------------------------
@@ -48,8 +49,8 @@ def _message_attention_kernel(
     H, T, D, DH, eps, qk_scale,   # qk_scale = log2(e) / sqrt(dh)
     BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
+    b = tl.program_id(0)               # videos (x views) can pass 65535: axis 0
+    h = tl.program_id(1)               # heads = D / dh: a few dozen
     offs_t = tl.arange(0, BLOCK_T)
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
@@ -112,6 +113,11 @@ def _message_attention_kernel(
 
 
 # ---- launcher ----------------------------------------------------------------------------------
+def _grid(b, heads):
+    # the batch (B x views, unbounded) on axis 0 (up to 2^31 - 1), the heads on axis 1 (<= 65535)
+    return (b, heads)
+
+
 def _launch(msg, ln_w, ln_b, eps, qkv_w, qkv_b, out_w, out_b, heads):
     b, t, d = msg.shape
     dh = d // heads
@@ -120,13 +126,14 @@ def _launch(msg, ln_w, ln_b, eps, qkv_w, qkv_b, out_w, out_b, heads):
     # 64-wide slices of D keep three [64, dh] weight tiles in shared memory on a GPU; the
     # interpreter pays per loop step, not per element, so it takes D in 256-wide slices
     block_k = 256 if interpreting() else 64
-    _message_attention_kernel[(b, heads)](
-        msg, ln_w, ln_b, qkv_w, qkv_b, out_b, o, res,
-        *msg.stride(), *qkv_w.stride(), *o.stride(), *res.stride(),
-        heads, t, d, dh, eps, 1.4426950408889634 / dh**0.5,
-        BLOCK_T=max(16, next_pow2(t)), BLOCK_K=block_k, BLOCK_D=max(16, next_pow2(dh)),
-        PRECISION=dot_precision(msg.dtype), num_warps=4, num_stages=2,
-    )
+    with on_device(msg):
+        _message_attention_kernel[_grid(b, heads)](
+            msg, ln_w, ln_b, qkv_w, qkv_b, out_b, o, res,
+            *msg.stride(), *qkv_w.stride(), *o.stride(), *res.stride(),
+            heads, t, d, dh, eps, 1.4426950408889634 / dh**0.5,
+            BLOCK_T=max(16, next_pow2(t)), BLOCK_K=block_k, BLOCK_D=max(16, next_pow2(dh)),
+            PRECISION=dot_precision(msg.dtype), num_warps=4, num_stages=2,
+        )
     # out projection of all heads + (msg + out_bias), the residual added in the GEMM's epilogue
     return torch.addmm(res.view(b * t, d), o.view(b * t, d), out_w.t()).view(b, t, d)
 
@@ -155,14 +162,27 @@ def why_not(msg, ln_w, ln_b, qkv_w, qkv_b, out_w, out_b, heads: int) -> str | No
         return f"D={d}, heads={heads}, weights {tuple(qkv_w.shape)}, {tuple(out_w.shape)} do not fit"
     if not 1 <= t <= 128 or d // heads > 128 or b == 0:
         return f"T={t}, dh={d // heads} (kernel takes 1 <= T <= 128, dh <= 128)"
-    return common_reason(msg, ln_w, ln_b, qkv_w, qkv_b, out_w, out_b)
+    return grid_reason(_grid(b, heads)) or common_reason(msg, ln_w, ln_b, qkv_w, qkv_b, out_w, out_b)
 
 
 def message_attention(msg, ln, attn):
     """`msg + attn(ln(msg))` for LayerNorm `ln` and SelfAttention `attn`, fused where it applies."""
     args = (msg, ln.weight, ln.bias, attn.qkv.weight, attn.qkv.bias, attn.out.weight, attn.out.bias, attn.heads)
-    if why_not(*args) is not None:
-        from xclip_engine.engine.model.ops import REFERENCE
+    from xclip_engine.engine.model.ops import REFERENCE
 
-        return REFERENCE.message_attention(msg, ln, attn)
-    return message_attention_op(msg, ln.weight, ln.bias, ln.eps, *args[3:])
+    return selfcheck.dispatch("message_attention", why_not(*args), msg,
+                              lambda: message_attention_op(msg, ln.weight, ln.bias, ln.eps, *args[3:]),
+                              lambda: REFERENCE.message_attention(msg, ln, attn))
+
+
+def selfcheck_cases(dtype, device):
+    """Inputs of the first-use self-check (kernels/selfcheck.py): trained-CLIP-like weights (gain near
+    1, non-zero biases), messages with a per-channel offset, T not a power of two."""
+    g = torch.Generator().manual_seed(0)
+    b, t, heads, dh = 2, 7, 2, 64
+    d = heads * dh
+    r = lambda *shape, mean=0.0, std=1.0: (mean + std * torch.randn(*shape, generator=g)).to(device, dtype)
+    msg = r(d) + r(b, t, d)
+    args = (msg, r(d, mean=1.0, std=0.2), r(d, std=0.2), 1e-5, r(3 * d, d, std=d**-0.5), r(3 * d, std=0.2),
+            r(d, d, std=d**-0.5), r(d, std=0.2), heads)
+    return [("message_attention", _launch, message_attention_ref, args)]

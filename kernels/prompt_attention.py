@@ -16,7 +16,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .guards import common_reason, dot_precision, next_pow2
+from . import selfcheck
+from .guards import common_reason, dot_precision, grid_reason, next_pow2, on_device
 from .online_softmax import attend_key_tiles
 
 
@@ -41,8 +42,8 @@ def _prompt_attention_kernel(
     H, KQ, N, DH, qk_scale,    # qk_scale = log2(e) / sqrt(dh): softmax in base 2
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bh = tl.program_id(0)          # B x H can pass 65535 (CUDA's cap on axes 1, 2): axis 0
+    pid_m = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -71,20 +72,29 @@ def _empty_output(q):
     return q.new_empty(b, kq, h, dh).transpose(1, 2)
 
 
+def _block_m(kq):
+    # few labels (K = 1, 3) waste most of a 64-row tile: 16 rows is tl.dot's minimum
+    return 16 if kq <= 16 else 64
+
+
+def _grid(b, h, kq):
+    # one program per (video, head) on axis 0 (up to 2^31 - 1), the few label tiles on axis 1
+    return (b * h, triton.cdiv(kq, _block_m(kq)))
+
+
 def _launch(q, k, v):
     b, h, kq, dh = q.shape
     n = k.shape[2]
     o = _empty_output(q)
     block_d = max(16, next_pow2(dh))
-    # few labels (K = 1, 3) waste most of a 64-row tile: 16 rows is tl.dot's minimum
-    block_m = 16 if kq <= 16 else 64
     block_n = 64 if block_d <= 64 else 32
-    _prompt_attention_kernel[(triton.cdiv(kq, block_m), b * h)](
-        q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        h, kq, n, dh, 1.4426950408889634 / dh**0.5,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
-        num_warps=4, num_stages=2,
-    )
+    with on_device(q):
+        _prompt_attention_kernel[_grid(b, h, kq)](
+            q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+            h, kq, n, dh, 1.4426950408889634 / dh**0.5,
+            BLOCK_M=_block_m(kq), BLOCK_N=block_n, BLOCK_D=block_d, PRECISION=dot_precision(q.dtype),
+            num_warps=4, num_stages=2,
+        )
     return o
 
 
@@ -106,13 +116,23 @@ def why_not(q, k, v) -> str | None:
         return f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} (need [B, H, K, dh], [B, H, N, dh])"
     if q.numel() == 0 or k.shape[2] == 0 or q.shape[3] > 128:
         return f"K={q.shape[2]}, N={k.shape[2]}, dh={q.shape[3]} (kernel takes K, N >= 1, dh <= 128)"
-    return common_reason(q, k, v)
+    return grid_reason(_grid(*q.shape[:3])) or common_reason(q, k, v)
 
 
 def prompt_attention(q, k, v):
-    """The fused kernel where it applies, else the reference op (same contract as ReferenceOps)."""
-    if why_not(q, k, v) is not None:
-        from xclip_engine.engine.model.ops import REFERENCE
+    """The fused kernel where it applies and works, else the reference op (same contract as ReferenceOps)."""
+    from xclip_engine.engine.model.ops import REFERENCE
 
-        return REFERENCE.prompt_attention(q, k, v)
-    return prompt_attention_op(q, k, v)
+    return selfcheck.dispatch("prompt_attention", why_not(q, k, v), q, lambda: prompt_attention_op(q, k, v),
+                              lambda: REFERENCE.prompt_attention(q, k, v))
+
+
+def selfcheck_cases(dtype, device):
+    """Inputs of the first-use self-check (kernels/selfcheck.py): label queries shared by the videos
+    (batch stride 0), K and N not multiples of the tiles."""
+    g = torch.Generator().manual_seed(0)
+    b, h, kq, n, dh = 2, 2, 5, 37, 64
+    heads = lambda x: x.view(x.shape[0], x.shape[1], h, dh).transpose(1, 2)
+    q = heads(torch.randn(1, kq, h * dh, generator=g).to(device, dtype)).expand(b, -1, -1, -1)
+    k, v = (heads(t) for t in torch.randn(b, n, 2 * h * dh, generator=g).to(device, dtype).chunk(2, -1))
+    return [("prompt_attention", _launch, prompt_attention_ref, (q, k, v))]

@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .guards import common_reason, interpreting
+from . import selfcheck
+from .guards import common_reason, interpreting, on_device
 
 
 # ---- reference ---------------------------------------------------------------------------------
@@ -39,12 +40,21 @@ def _bias_quick_gelu_kernel(
 
 
 # ---- launcher ----------------------------------------------------------------------------------
+def _block():
+    # the interpreter runs programs one after another, so it gets few large ones
+    return 65536 if interpreting() else 2048
+
+
+def _grid(numel):
+    # one axis: numel / 2048 programs, far below axis 0's 2^31 - 1 for any tensor of < 2^31 elements
+    return (triton.cdiv(numel, _block()),)
+
+
 def _launch(h, bias):
     out = torch.empty_like(h, memory_format=torch.contiguous_format)
     n = h.numel()
-    # the interpreter runs programs one after another, so it gets few large ones
-    block = 65536 if interpreting() else 2048
-    _bias_quick_gelu_kernel[(triton.cdiv(n, block),)](h, bias, out, n, h.shape[-1], BLOCK=block, num_warps=4)
+    with on_device(h):
+        _bias_quick_gelu_kernel[_grid(n)](h, bias, out, n, h.shape[-1], BLOCK=_block(), num_warps=4)
     return out
 
 
@@ -72,8 +82,19 @@ def why_not(h, bias) -> str | None:
 
 def mlp(x, fc1, fc2):
     """CLIP's MLP: fc2(quick_gelu(fc1(x))) with fc1's bias added inside the activation kernel."""
-    if fc1.bias is None or x.numel() == 0 or common_reason(x, fc1.weight, fc1.bias) is not None:
-        from xclip_engine.engine.model.ops import REFERENCE
+    from xclip_engine.engine.model.ops import REFERENCE
 
-        return REFERENCE.mlp(x, fc1, fc2)
-    return fc2(bias_quick_gelu_op(torch.nn.functional.linear(x, fc1.weight), fc1.bias))
+    reason = "linear layer without bias" if fc1.bias is None else \
+        "empty input" if x.numel() == 0 else common_reason(x, fc1.weight, fc1.bias)
+    return selfcheck.dispatch("quick_gelu", reason, x,
+                              lambda: fc2(bias_quick_gelu_op(torch.nn.functional.linear(x, fc1.weight), fc1.bias)),
+                              lambda: REFERENCE.mlp(x, fc1, fc2))
+
+
+def selfcheck_cases(dtype, device):
+    """Inputs of the first-use self-check (kernels/selfcheck.py): both tails of the sigmoid, a size
+    no block divides."""
+    g = torch.Generator().manual_seed(0)
+    h = (3.0 * torch.randn(37, 200, generator=g)).to(device, dtype)
+    bias = torch.randn(200, generator=g).to(device, dtype)
+    return [("bias_quick_gelu", _launch, bias_quick_gelu_ref, (h, bias))]

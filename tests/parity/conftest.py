@@ -33,3 +33,13 @@ def _check_fp16(name, out16, ref32, torch16, atol=1e-3):
 def fp16_rule():
     """check(name, kernel_fp16, ref_fp32, torch_fp16): the fp16 tolerance rule as one call."""
     return _check_fp16
+
+
+@pytest.fixture(autouse=True)
+def _fresh_kernel_verdicts():
+    """Each test starts with every kernel unchecked: a kernel one test switched off must not stay off."""
+    from xclip_engine.kernels import selfcheck
+
+    selfcheck.reset()
+    yield
+    selfcheck.reset()

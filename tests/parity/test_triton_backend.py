@@ -6,6 +6,7 @@ that silently fell back everywhere would pass a parity test, so the ops are coun
 """
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from xclip_engine.engine.model import XCLIP
 from xclip_engine.engine.model.layers import init_linear
 from xclip_engine.engine.model.vision import CrossFrameBlock
 from xclip_engine.kernels import frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu
-from xclip_engine.kernels.backend import TritonUnavailable, triton_ops
+from xclip_engine.kernels.backend import KERNEL_MODULES, TritonUnavailable, kernel_status, triton_ops
 
 LABELS = ["cooking", "dancing", "surfing", "juggling balls", "riding a bike"]
 OPS = [(frame_attention, "frame_attention_op"), (message_attention, "message_attention_op"),
@@ -71,6 +72,35 @@ def test_tiny_model_logits_match_the_reference(tiny_ckpt, kdevice, op_calls):
     assert_close(got, expected, rtol=1e-4, name="tiny logits, triton vs reference")
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
     assert all(n > 0 for n in op_calls.values()), op_calls     # every kernel ran
+
+
+def test_tiny_model_still_matches_when_kernels_fail_to_launch(tiny_ckpt, kdevice, monkeypatch, op_calls):
+    # a GPU where two kernels do not compile: each is switched off once, the reference op answers
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated: ptxas fatal, unsupported GPU architecture")
+
+    monkeypatch.setattr(frame_attention, "_launch", broken)
+    monkeypatch.setattr(layer_norm, "_launch", broken)
+    ref = xe.load(tiny_ckpt, device=kdevice)
+    tri = xe.load(tiny_ckpt, backend="triton", device=kdevice)
+    pixels = torch.randn(2, TINY.num_frames, 3, TINY.image_size, TINY.image_size)
+    expected = ref.logits(pixels, ref.encode_text(LABELS))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = [tri.logits(pixels, tri.encode_text(LABELS)) for _ in range(2)]
+    warned = sorted(str(w.message).split("'")[1] for w in caught if "switched off" in str(w.message))
+    assert warned == ["frame_attention", "layer_norm"]
+    status = tri.net.ops.kernel_status()
+    assert status == kernel_status() and set(status) == set(KERNEL_MODULES)
+    assert {k for k, v in status.items() if v.startswith("off: ")} == {"frame_attention", "layer_norm"}
+    assert "ptxas fatal" in status["frame_attention"]
+    for g in got:
+        assert_close(g, expected, rtol=1e-4, name="tiny logits with two kernels switched off")
+        assert torch.equal(g.argmax(-1), expected.argmax(-1))
+    # the broken kernels were tried at most once (on a GPU their first-use self-check fails first),
+    # the working ones kept running
+    assert op_calls["frame_attention_op"] <= 1 and op_calls["layer_norm_op"] + op_calls["add_layer_norm_op"] <= 1
+    assert min(op_calls[n] for n in ("message_attention_op", "prompt_attention_op", "bias_quick_gelu_op")) > 1
 
 
 @torch.no_grad()
