@@ -110,9 +110,12 @@ def format_report(report: dict) -> str:
     choice = Choice.from_dict(report["auto"])
     lines += ["", f"model:    {report['model']} ({report['kind']})",
               f"paths ({'cached verdict from ' + m['auto_cache'] if report['cached'] else 'measured now'}; "
-              "error: logits against float64, bound: the same-dtype reference's own error x3):",
+              + ("error: logits against the folder's fp32 graphs, bound: what the export check allowed):"
+                 if report["kind"] == "export folder" else
+                 "error: logits against float64, bound: 3x the same-precision reference's own error):"),
               choice.table(), "", report["auto"]["note"]]
-    if report.get("kernels"):
+    kernels = report.get("kernels") or {}
+    if m["gpus"] or any(v != "unchecked" for v in kernels.values()):
         lines += ["", "Triton kernels: " + ", ".join(f"{k} {v}" for k, v in report["kernels"].items())]
     return "\n".join(lines)
 
