@@ -193,8 +193,10 @@ def calibration_input(config, device: torch.device, seed: int = 0):
 
 
 @torch.inference_mode()
-def measure_checkpoint(net, device: torch.device, paths: list[PathResult], echo=stderr_echo) -> list[PathResult]:
-    """Verify and time every available path of a checkpoint on the calibration input."""
+def measure_checkpoint(net, device: torch.device, paths: list[PathResult], echo=stderr_echo,
+                       built: dict | None = None) -> list[PathResult]:
+    """Verify and time every available path of a checkpoint on the calibration input; the nets
+    it builds are left in `built` (path name -> net), so the winner is not built twice."""
     px, ids = calibration_input(net.config, device)
     exact = float64_copy(net)
     logits64 = exact(px.double(), exact.encode_text(ids)).cpu()
@@ -206,6 +208,8 @@ def measure_checkpoint(net, device: torch.device, paths: list[PathResult], echo=
             continue
         try:
             runnable = build_path(p, net, device)
+            if built is not None:
+                built[p.name] = runnable
             got = logits32 if runnable is net else runnable(px, text).float().cpu()   # also the warm-up
             if p.precision == "bf16":
                 with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -278,10 +282,11 @@ def choose_for_checkpoint(net, device=None, precision: str | None = None, echo=s
     paths = checkpoint_candidates(dev, precision)
     net = net.to(dev).eval()
     fp = cache.fingerprint(dev, {"family": "xclip", "config": net.config.to_dict(), "precision": precision})
-    choice = _decide(fp, lambda ps: measure_checkpoint(net, dev, ps, echo), paths, echo,
+    built: dict = {}
+    choice = _decide(fp, lambda ps: measure_checkpoint(net, dev, ps, echo, built), paths, echo,
                      f"this architecture ({net.config.num_frames} frames, width {net.config.vision_width})", fresh)
     best = next(p for p in choice.paths if (p.backend, p.precision) == (choice.backend, choice.precision))
-    return choice, build_path(best, net, dev)
+    return choice, built[best.name] if best.name in built else build_path(best, net, dev)
 
 
 # ---- an export folder -----------------------------------------------------------------------------
