@@ -135,3 +135,11 @@ def preprocess(frames: Sequence[np.ndarray], size: int = 224, views: str = "1x1"
                 crops[j * num_clips + clip, ti] = crop
     # Normalize after cropping (a per-pixel map, so the order is free) and go channel-first.
     return np.ascontiguousarray(normalize(crops, mean, std).transpose(0, 1, 4, 2, 3))
+
+
+def average_views(scores, counts):
+    """Per-view softmax scores [sum(counts), K] -> one row per video [len(counts), K]: the mean of
+    each video's views, as the official multi-view test averages them."""
+    import torch
+
+    return torch.stack([g.mean(0) for g in scores.split(list(counts))])
