@@ -4,45 +4,29 @@
     t = m.encode_text(["eating spaghetti", "surfing"])  # [K, E], cached per label set
     logits = m.logits(pixel_values, t)                  # [B, K]
     preds = m.classify(["a.mp4", "b.mp4"], ["eating spaghetti", "surfing"])
+
+Whole runs over files and folders (output files, resume, shards, windows): `xe.infer`, engine/pipeline.py.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
-from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
 from .checkpoint import load_model
+from .decode_ahead import classify_stream
 from .labels import check_labels
 from .model import XCLIP
+from .results import Prediction  # noqa: F401  (xe.Prediction, the result type, is importable from here)
+from .runtime.device import default_device
 from .tokenizer import ClipTokenizer
-from .video import VideoError, parse_views
 
 BACKENDS = ("reference", "triton", "onnxruntime", "tensorrt")
-DECODERS = ("auto", "dali", "pyav")   # engine.decoders.read_clip: DALI on a GPU where it can, else PyAV
 
-
-@dataclass
-class Prediction:
-    path: str
-    top: list[tuple[str, float]] = field(default_factory=list)   # (label, softmax score), best first
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "top": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top],
-                "error": self.error}
-
-
-def _default_device(device):
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_default_device = default_device   # the old private name: export/runtime.py still imports it
 
 
 class Model:
@@ -53,14 +37,11 @@ class Model:
 
     def __init__(self, net: XCLIP, tokenizer: ClipTokenizer, device=None, labels=None, origin: str = "",
                  kind: str = "", backend: str = "reference"):
-        self.device = _default_device(device)
+        self.device = default_device(device)
         # `net` is the reference XCLIP (any ops backend) or a runtime with the same four calls
         # (encode_text, encode_video, video_features, __call__) and .config: ONNX Runtime, TensorRT.
+        # No process-wide settings here (malloc tuning is the CLI's: engine/cpu_memory.py).
         self.net = net.to(self.device).eval() if isinstance(net, torch.nn.Module) else net
-        if self.device.type == "cpu" and isinstance(net, torch.nn.Module):
-            from .cpu_memory import keep_freed_memory
-
-            keep_freed_memory()   # ~10% of an fp32 batch-8 forward was page faults (engine/cpu_memory.py)
         self.tokenizer = tokenizer
         self.labels = list(labels) if labels else None    # the label set a fine-tuned model came with
         self.origin, self.kind, self.backend = origin, kind, backend
@@ -128,116 +109,17 @@ class Model:
                       workers: int = 2, decoder: str = "auto", prefetch: int | None = None,
                       timings: dict | None = None):
         """Yield Predictions in input order; a video that fails to decode yields its error, and
-        the others still get answers.
+        the others still get answers. Bad arguments raise here, before any video is read.
 
-        Decoding is pipelined: `workers` threads (PyAV and DALI release the GIL) decode ahead of
-        the model, at most `prefetch` videos beyond the batch being scored (default
-        batch_size + workers: the whole next batch decodes while this one runs through the
-        model). Memory therefore stays flat however many paths there are; `paths` may be any
+        Decoding is pipelined (engine/decode_ahead.py): `workers` threads decode ahead of the
+        model, at most `prefetch` videos beyond the batch being scored (default batch_size +
+        workers), so memory stays flat however many paths there are; `paths` may be any
         iterable, read lazily. `decoder` (auto | dali | pyav) goes to engine.decoders.read_clip.
         `timings`, a dict, gets decode_s (summed over workers), wait_s (the model waiting for
         decoded videos), model_s and videos added to it: where the time went.
         """
-        if labels is None:
-            if not self.labels:
-                raise ValueError("no labels given and the model has no label set of its own: pass labels")
-            labels = self.labels
-        labels = check_labels(labels)
-        if batch_size < 1 or topk < 1:
-            raise ValueError(f"batch_size ({batch_size}) and topk ({topk}) must be at least 1")
-        if workers < 1:
-            raise ValueError(f"workers ({workers}) must be at least 1")
-        if decoder not in DECODERS:
-            raise ValueError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
-        parse_views(views)  # a bad views string is the caller's error, not every video's
-        from .decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed, read_clip
-
-        if decoder == "dali" and not dali_installed():
-            # the environment's problem, not each video's: say it once instead of failing every input
-            raise DecoderUnavailableError(f"decoder 'dali' needs NVIDIA DALI, which is not installed: "
-                                          f"`{DALI_INSTALL}` (or use decoder 'pyav' / 'auto')")
-
-        limit = max(1, batch_size + workers if prefetch is None else prefetch)
-        text = self.encode_text(labels)
-        k = min(topk, len(labels))
-        c = self.config
-        clock = timings if timings is not None else {}
-        for key in ("decode_s", "wait_s", "model_s"):
-            clock.setdefault(key, 0.0)
-        clock.setdefault("videos", 0)
-        # DALI decodes on the model's device (a CPU model: DALI's CPU decoder, or PyAV)
-        read_args = dict(num_frames=c.num_frames, size=c.image_size, views=views, decoder=decoder,
-                         device=str(self.device))
-        return self._pipeline(paths, read_clip, read_args, text, labels, k, batch_size, workers, limit, clock,
-                              DecoderUnavailableError)
-
-    def _pipeline(self, paths, read_clip, read_args, text, labels, k, batch_size, workers, limit, clock,
-                  fatal=()):
-        lock = threading.Lock()   # the workers add up their decode times in one dict
-
-        def decode(path):
-            t0 = time.perf_counter()
-            try:
-                return read_clip(path, **read_args), None
-            except VideoError as e:
-                return None, str(e)
-            except fatal:
-                raise   # the decoder cannot run here at all: stop (future.result() re-raises it)
-            except Exception as e:  # an unexpected decoder failure must not end the run
-                return None, f"{path}: could not read the video ({type(e).__name__}: {e})"
-            finally:
-                with lock:
-                    clock["decode_s"] += time.perf_counter() - t0
-
-        source = (os.fspath(p) for p in paths)
-        pending: deque = deque()    # (path, future) in input order: the bounded queue
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xclip-decode")
-
-        def refill():
-            while len(pending) < limit:
-                path = next(source, None)
-                if path is None:
-                    return
-                pending.append((path, pool.submit(decode, path)))
-
-        try:
-            refill()
-            batch: list = []
-            while pending:
-                path, future = pending.popleft()
-                t0 = time.perf_counter()
-                clip, err = future.result()
-                clock["wait_s"] += time.perf_counter() - t0
-                refill()            # keep the workers busy while this batch is scored
-                batch.append((path, clip, err))
-                if sum(clip is not None for _, clip, _ in batch) >= batch_size:
-                    yield from self._score(batch, text, labels, k, clock)
-                    batch = []
-            yield from self._score(batch, text, labels, k, clock)
-        finally:
-            # A consumer that stops early (an error, Ctrl-C) must not wait for the queued decodes.
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    @torch.inference_mode()
-    def _score(self, batch, text, labels, k, clock=None):
-        clips = [clip for _, clip, _ in batch if clip is not None]
-        probs = iter(())
-        if clips:
-            t0 = time.perf_counter()
-            views = np.concatenate(clips)                                    # [sum V, T, 3, S, S]
-            p = self.net(self._pixels(views), text).float().softmax(dim=-1)  # [sum V, K]
-            counts = [len(c) for c in clips]
-            # multi-view: average the softmax scores of each video's views (official 4x3 test)
-            probs = iter(torch.stack([g.mean(0) for g in p.split(counts)]).cpu())
-            if clock is not None:
-                clock["model_s"] += time.perf_counter() - t0
-                clock["videos"] += len(clips)
-        for path, clip, err in batch:
-            if clip is None:
-                yield Prediction(path, error=err)
-                continue
-            score, idx = next(probs).topk(k)
-            yield Prediction(path, [(labels[i], float(s)) for s, i in zip(score.tolist(), idx.tolist())])
+        return classify_stream(self, paths, labels, topk=topk, views=views, batch_size=batch_size, workers=workers,
+                               decoder=decoder, prefetch=prefetch, timings=timings)
 
 
 def default_model_path() -> str:
@@ -275,7 +157,7 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
         elif precision in ("fp16", "int8"):
             from .runtime.choice import checkpoint_candidates
 
-            checkpoint_candidates(_default_device(device), precision)   # raises: says where fp16/int8 run
+            checkpoint_candidates(default_device(device), precision)   # raises: says where fp16/int8 run
     if backend in ("onnxruntime", "tensorrt"):
         try:
             from xclip_engine.export.runtime import load_runtime

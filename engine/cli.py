@@ -1,4 +1,5 @@
-"""`xclip-engine`: a thin command line over the public API (xclip_engine.engine.api).
+"""`xclip-engine`: a thin command line over the public API (engine/api.py, and `xe.infer` in
+engine/pipeline.py, which does all the work of `infer`).
 
 Exit status: 0 when every input succeeded, 1 when some inputs failed (after answering for all
 the others), 2 for a usage error (bad option, unreadable model, empty label list).
@@ -6,9 +7,7 @@ the others), 2 for a usage error (bad option, unreadable model, empty label list
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import os
 import sys
 import time
 
@@ -24,6 +23,12 @@ def _usage_error(msg: str):
 @click.version_option(package_name="xclip-engine")
 def main():
     """X-CLIP video recognition: classify videos with your own labels."""
+    # A process-wide setting, so the command line makes it for its own process and the library
+    # never does: glibc malloc keeps freed memory for the next forward (engine/cpu_memory.py;
+    # XCLIP_ENGINE_SYSTEM_MALLOC=1 opts out). Every command but `models` runs models on tensors.
+    from . import cpu_memory
+
+    cpu_memory.keep_freed_memory()
 
 
 @main.command("models")
@@ -122,17 +127,9 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
     from .api import load
     from .checkpoint import CheckpointError
     from .decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed
-    from .inputs import discover_inputs
     from .labels import load_labels, parse_labels
-    from .results import (
-        ResultsFileError,
-        ShardError,
-        parse_shard,
-        read_for_resume,
-        shard_from_env,
-        shard_output_path,
-        take_shard,
-    )
+    from .pipeline import infer
+    from .results import ResultsFileError, ShardError, parse_shard, shard_from_env
 
     fmt = "jsonl" if fmt == "json" else fmt   # one format, two names (json was always JSON lines)
     if window is None and (stride is not None or plot is not None):
@@ -151,7 +148,8 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
     if resume and (output is None or fmt != "jsonl"):
         _usage_error("--resume continues a JSON lines file: pass --output FILE --format jsonl")
     try:
-        index, count = parse_shard(shard) if shard is not None else (shard_from_env() or (0, 1))
+        # the command line's default under torchrun: this rank's shard (xe.infer's default is all inputs)
+        shard = parse_shard(shard) if shard is not None else shard_from_env()
     except ShardError as e:
         _usage_error(str(e))
     if labels_text is not None and labels_file is not None:
@@ -161,17 +159,6 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
                   else load_labels(labels_file) if labels_file is not None else None)
     except ValueError as e:
         _usage_error(str(e))
-
-    found = discover_inputs(inputs, globs)
-    paths = take_shard(found.paths, index, count)
-    out_path = shard_output_path(output, index, count) if output else None
-    done = set()
-    if resume:
-        try:
-            done = read_for_resume(out_path, paths)
-        except ResultsFileError as e:
-            _usage_error(str(e))
-    todo = [p for p in paths if p not in done]
 
     if threads is not None:
         import torch
@@ -188,124 +175,36 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
     if labels is None and not model.labels:
         _usage_error("no labels: pass --labels \"a, b, c\" or --labels-file FILE (or k400, k600, hmdb51, ucf101)")
 
-    if window is not None:
-        answers = _timelines(model, todo, found.errors, labels or model.labels, window, stride or window, topk,
-                             decoder, plot)
-    else:
-        answers = _predictions(model, todo, found.errors, labels, topk, views, batch_size, workers, decoder)
+    try:
+        run = infer(inputs, model, labels, topk=topk, views=views, window=window, stride=stride,
+                    output=output or sys.stdout, fmt=fmt, resume=resume, shard=shard, batch_size=batch_size,
+                    workers=workers, decoder=decoder, glob=globs, plot=plot)
+    except (ResultsFileError, ValueError) as e:   # what the checks above let through (a bad results file)
+        _usage_error(str(e))
 
     from tqdm import tqdm
 
-    out = open(out_path, "a" if resume else "w", encoding="utf-8", newline="") if out_path else sys.stdout
     failed, start = 0, time.perf_counter()
     try:
-        writer = _writer(fmt, out, topk)
-        with tqdm(total=len(todo), unit="video", file=sys.stderr, disable=len(todo) <= 3, desc="infer") as bar:
-            for answer in answers:
-                failed += _error_of(answer) is not None
-                writer(answer)
+        with tqdm(total=len(run.todo), unit="video", file=sys.stderr, disable=len(run.todo) <= 3,
+                  desc="infer") as bar:
+            for row in run:
+                failed += row["error"] is not None
                 bar.update(1)
     except DecoderUnavailableError as e:   # the decoder cannot run here at all: a usage error
         _usage_error(str(e))
     finally:
-        if out_path:
-            out.close()
+        run.close()   # stops the decode threads and closes the output file, also on Ctrl-C
     elapsed = time.perf_counter() - start
-    where = f" in {out_path}" if out_path else " above"
-    shard_note = f" (shard {index} of {count}: {len(paths)} of {len(found.paths)} inputs)" if count > 1 else ""
-    skipped = f", skipped {len(done)} already answered{where}" if resume else ""
-    click.echo(f"infer{shard_note}: videos {len(todo)}, answered {len(todo) - failed}, failed {failed}{skipped}, "
-               f"elapsed {elapsed:.1f} s, {len(todo) / elapsed if elapsed > 0 else 0.0:.2f} videos/s", err=True)
+    todo, (index, count) = len(run.todo), run.shard
+    where = f" in {run.output}" if run.output else " above"
+    shard_note = f" (shard {index} of {count}: {len(run.paths)} of {len(run.found)} inputs)" if count > 1 else ""
+    skipped = f", skipped {len(run.skipped)} already answered{where}" if resume else ""
+    click.echo(f"infer{shard_note}: videos {todo}, answered {todo - failed}, failed {failed}{skipped}, "
+               f"elapsed {elapsed:.1f} s, {todo / elapsed if elapsed > 0 else 0.0:.2f} videos/s", err=True)
     if failed:
-        click.echo(f"{failed} of {len(todo)} inputs failed; see their errors{where}", err=True)
+        click.echo(f"{failed} of {todo} inputs failed; see their errors{where}", err=True)
     sys.exit(1 if failed else 0)
-
-
-def _error_of(answer):
-    return answer.get("error") if isinstance(answer, dict) else answer.error
-
-
-def _predictions(model, paths, known_errors, labels, topk, views, batch_size, workers, decoder):
-    """Predictions in the order of `paths`; inputs with a known error (an empty folder) skip the decoders."""
-    from .api import Prediction
-
-    decoded = model.classify_iter((p for p in paths if p not in known_errors), labels, topk=topk, views=views,
-                                  batch_size=batch_size, workers=workers, decoder=decoder)
-    for path in paths:
-        yield Prediction(path, error=known_errors[path]) if path in known_errors else next(decoded)
-    decoded.close()
-
-
-def _timelines(model, paths, known_errors, labels, window, stride, topk, decoder, plot):
-    """--window: one timeline dict per video (engine.timeline), its error instead where it fails."""
-    from .timeline import classify_windows, plot_timeline
-    from .video import VideoError
-
-    plots = _plot_paths(plot, paths) if plot else {}
-    for path in paths:
-        if path in known_errors:
-            yield {"path": path, "error": known_errors[path]}
-            continue
-        try:
-            row = dict(classify_windows(model, path, labels, window=window, stride=stride, topk=topk,
-                                        decoder=decoder))
-        except VideoError as e:
-            yield {"path": path, "error": str(e)}
-            continue
-        except Exception as e:  # one video's failure must not end the run
-            yield {"path": path, "error": f"{path}: could not classify its windows ({type(e).__name__}: {e})"}
-            continue
-        row.setdefault("path", path)
-        row.setdefault("error", None)
-        if path in plots:
-            try:
-                plot_timeline(row, plots[path])
-            except Exception as e:
-                row["error"] = f"{path}: could not plot the timeline to {plots[path]} ({type(e).__name__}: {e})"
-        yield row
-
-
-def _plot_paths(plot, paths) -> dict:
-    """--plot FILE.png: that file for one video; FILE.<video name>.png for several (numbered if names repeat)."""
-    if len(paths) == 1:
-        return {paths[0]: plot}
-    stem, ext = os.path.splitext(plot)
-    out, used = {}, set()
-    for i, path in enumerate(paths):
-        name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or f"video{i}"
-        candidate = f"{stem}.{name}{ext or '.png'}"
-        if candidate in used:
-            candidate = f"{stem}.{name}-{i}{ext or '.png'}"
-        used.add(candidate)
-        out[path] = candidate
-    return out
-
-
-def _writer(fmt, out, topk):
-    if fmt == "jsonl":
-        from .results import JsonlWriter
-
-        lines = JsonlWriter(out)
-        return lambda answer: lines(answer if isinstance(answer, dict) else answer.to_dict())
-    if fmt == "csv":
-        w = csv.writer(out)
-        w.writerow(["path", "rank", "label", "score", "error"])
-
-        def write(p):
-            if p.error:
-                w.writerow([p.path, "", "", "", p.error])
-            for rank, (label, score) in enumerate(p.top, 1):
-                w.writerow([p.path, rank, label, f"{score:.6f}", ""])
-            out.flush()
-        return write
-
-    def write(p):
-        if p.error:
-            out.write(f"{p.path}\n  ERROR: {p.error}\n")
-        else:
-            out.write(f"{p.path}\n" + "".join(f"  {score:7.2%}  {label}\n" for label, score in p.top))
-        out.flush()
-    return write
 
 
 def _register_commands():

@@ -1,6 +1,10 @@
 """Keep freed memory in the process, so that big CPU tensors do not page-fault on every forward.
 
-    keep_freed_memory()     # a Model on the CPU (xe.load, the CLI) calls it; XCLIP_ENGINE_SYSTEM_MALLOC=1 skips it
+    keep_freed_memory()     # the xclip-engine command calls it first thing; XCLIP_ENGINE_SYSTEM_MALLOC=1 skips it
+
+Opt-in: the library (xe.load, Model, xe.infer) never calls it, since it changes malloc for the
+whole process it runs in (a server's, a notebook's); a program of your own that runs CPU
+inference in a loop can call it once at start, as the command line does.
 
 Why: glibc's malloc serves every block over 32 MiB (the most M_MMAP_THRESHOLD can be) with a fresh
 mmap and unmaps it on free, and trims the top of its heap back to the system. A B/32 forward at
@@ -13,7 +17,8 @@ per tensor and gains nothing). ONNX Runtime has its own arena and never sees thi
 
 What it costs: memory freed by the process stays mapped to it (its peak RSS does not fall back
 until exit). For a process that runs inference in a loop the next call reuses it at once, which
-is the point. It changes malloc for the whole process, so it is skipped where the user says so.
+is the point. It changes malloc for the whole process, so only the process's owner turns it on
+(the command line does, unless the user opts out).
 Intel's advice for PyTorch on CPUs (jemalloc or tcmalloc preloaded) solves the same problem.
 """
 

@@ -1,4 +1,4 @@
-"""Results of `xclip-engine infer` as JSON lines: streamed output, --resume, --shard.
+"""Results of `xclip-engine infer` / `xe.infer`: Prediction, the output writers, --resume, --shard.
 
 JSON lines: one object per input, `{"path": ..., "top": [{"label": ..., "score": ...}], "error": null}`
 (or a --window timeline with its "path" and "error"), written and flushed as soon as it is known,
@@ -17,11 +17,24 @@ file, `out.jsonl` -> `out.shard-I-of-N.jsonl`, so that shards never write to one
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from .atomic_file import atomic_write
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)   # (label, softmax score), best first
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "top": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top],
+                "error": self.error}
 
 
 class ResultsFileError(ValueError):
@@ -90,6 +103,38 @@ class JsonlWriter:
     def __call__(self, row: dict) -> None:
         self.out.write(jsonl_line(row))
         self.out.flush()
+
+
+FORMATS = ("table", "jsonl", "csv")   # and "json", another name of jsonl (it always wrote JSON lines)
+
+
+def row_writer(fmt: str, out):
+    """A function that writes one result row (a Prediction's to_dict(), or a timeline dict) to the
+    open text file `out` in format `fmt` and flushes it. csv writes its header at once."""
+    fmt = "jsonl" if fmt == "json" else fmt
+    if fmt == "jsonl":
+        return JsonlWriter(out)
+    if fmt == "csv":
+        w = csv.writer(out)
+        w.writerow(["path", "rank", "label", "score", "error"])
+
+        def write_csv(row):
+            if row["error"]:
+                w.writerow([row["path"], "", "", "", row["error"]])
+            for rank, t in enumerate(row.get("top") or (), 1):
+                w.writerow([row["path"], rank, t["label"], f"{t['score']:.6f}", ""])
+            out.flush()
+        return write_csv
+    if fmt != "table":
+        raise ValueError(f"fmt {fmt!r} is not one of table, json, jsonl, csv")
+
+    def write_table(row):
+        if row["error"]:
+            out.write(f"{row['path']}\n  ERROR: {row['error']}\n")
+        else:
+            out.write(f"{row['path']}\n" + "".join(f"  {t['score']:7.2%}  {t['label']}\n" for t in row["top"]))
+        out.flush()
+    return write_table
 
 
 # ---- resume ------------------------------------------------------------------------------------

@@ -221,3 +221,49 @@ def plot_timeline(timeline: dict, png_path: str, max_labels: int = 5) -> None:
         fig.savefig(png_path, dpi=100)
     finally:
         plt.close(fig)
+
+
+def timeline_rows(model, paths, known_errors, labels, window: float, stride: float, topk: int = 5,
+                  decoder: str = "auto", plot: str | None = None):
+    """One timeline dict (with its "error": None) per path, in order; the error instead where a
+    video fails, so that one video's failure does not end the run. `known_errors`: errors already
+    known (an empty folder). `plot`: also draw each timeline (see ``plot_paths``)."""
+    plots = plot_paths(plot, paths) if plot else {}
+    for path in paths:
+        if path in known_errors:
+            yield {"path": path, "error": known_errors[path]}
+            continue
+        try:
+            row = dict(classify_windows(model, path, labels, window=window, stride=stride, topk=topk,
+                                        decoder=decoder))
+        except VideoError as e:
+            yield {"path": path, "error": str(e)}
+            continue
+        except Exception as e:  # one video's failure must not end the run
+            yield {"path": path, "error": f"{path}: could not classify its windows ({type(e).__name__}: {e})"}
+            continue
+        row.setdefault("path", path)
+        row.setdefault("error", None)
+        if path in plots:
+            try:
+                plot_timeline(row, plots[path])
+            except Exception as e:
+                row["error"] = f"{path}: could not plot the timeline to {plots[path]} ({type(e).__name__}: {e})"
+        yield row
+
+
+def plot_paths(plot: str, paths) -> dict:
+    """FILE.png for one video; FILE.<video name>.png for several (numbered if names repeat)."""
+    paths = list(paths)
+    if len(paths) == 1:
+        return {paths[0]: plot}
+    stem, ext = os.path.splitext(plot)
+    out, used = {}, set()
+    for i, path in enumerate(paths):
+        name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0] or f"video{i}"
+        candidate = f"{stem}.{name}{ext or '.png'}"
+        if candidate in used:
+            candidate = f"{stem}.{name}-{i}{ext or '.png'}"
+        used.add(candidate)
+        out[path] = candidate
+    return out

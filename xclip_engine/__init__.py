@@ -3,6 +3,7 @@
     import xclip_engine as xe
     m = xe.load("path/to/xclip-folder")
     m.classify(["a.mp4"], ["cooking", "dancing"])
+    for row in xe.infer(["videos/"], m, ["cooking", "dancing"], output="out.jsonl"): ...
 """
 
 import os as _os
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 # The public names load on first use (PEP 562), so that `import xclip_engine.train.synthetic` or
 # `xclip-engine --help` does not pay for importing torch, PyAV and OpenCV.
 _EXPORTS = {
-    "load": "engine.api", "Model": "engine.api", "Prediction": "engine.api",
+    "load": "engine.api", "Model": "engine.api", "Prediction": "engine.api", "infer": "engine.pipeline",
     "CheckpointError": "engine.checkpoint", "save_model": "engine.checkpoint",
     "XCLIPConfig": "engine.config", "get_config": "engine.config", "list_models": "engine.config",
     "load_labels": "engine.labels",

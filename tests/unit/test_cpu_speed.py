@@ -20,27 +20,39 @@ def _mlp_pair(seed=0):
     return fc1, fc2, torch.randn(3, 5, 16, generator=g) * 3
 
 
+def _weights(fc1, fc2):
+    # the ops take tensors: what layers.MLP passes
+    return fc1.weight, fc1.bias, fc2.weight, fc2.bias
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_inplace_quick_gelu_is_bitwise_the_formula(dtype):
+def test_inplace_quick_gelu_is_bitwise_the_formula(dtype, monkeypatch):
     fc1, fc2, x = _mlp_pair()
     fc1, fc2, x = fc1.to(dtype), fc2.to(dtype), x.to(dtype)
     x_before = x.clone()
-    seen = []
+    linear, seen = torch.nn.functional.linear, []
+
+    def recording_linear(*args):
+        out = linear(*args)
+        seen.append(out)
+        return out
+
     with torch.inference_mode():
         h = fc1(x)
         want = fc2(h * torch.sigmoid(1.702 * h))
-        fc1.register_forward_hook(lambda mod, args, out: seen.append(out))
-        got = REFERENCE.mlp(x, fc1, fc2)
+        monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+        got = REFERENCE.mlp(x, *_weights(fc1, fc2))
+        monkeypatch.undo()
     assert torch.equal(got, want)
     assert torch.equal(x, x_before), "the MLP must not write into its input"
     # the in-place form ran: fc1's own output now holds the activation (the speed-up depends on it)
-    assert torch.equal(seen[0], h * torch.sigmoid(1.702 * h))
+    assert len(seen) == 2 and torch.equal(seen[0], h * torch.sigmoid(1.702 * h))
 
 
 def test_training_mlp_keeps_the_graph():
     fc1, fc2, x = _mlp_pair(1)
     x.requires_grad_(True)
-    out = REFERENCE.mlp(x, fc1, fc2)
+    out = REFERENCE.mlp(x, *_weights(fc1, fc2))
     out.square().sum().backward()
     # the same gradient as the out-of-place formula
     x2 = x.detach().clone().requires_grad_(True)
@@ -66,13 +78,23 @@ def test_keep_freed_memory_sets_glibc_once(monkeypatch):
     assert cpu_memory.keep_freed_memory() == "on"
 
 
-def test_cpu_models_tune_malloc(tiny_hf, monkeypatch):
+def test_the_library_leaves_malloc_alone_and_the_cli_opts_in(tiny_hf, tmp_path, monkeypatch):
+    # malloc tuning changes the whole process: xe.load and Model must not do it (a server or a
+    # notebook owns its process); the xclip-engine command owns its own and turns it on
+    from click.testing import CliRunner
+    from video_factory import write_index_video
+
     import xclip_engine as xe
     from xclip_engine.engine.api import Model
+    from xclip_engine.engine.cli import main
 
     calls = []
     monkeypatch.setattr(cpu_memory, "keep_freed_memory", lambda: calls.append(1) or "on")
     m = xe.load(tiny_hf, device="cpu")
+    Model(m.net, m.tokenizer, device="cpu")
+    assert calls == []
+    clip = write_index_video(tmp_path / "a.mp4", 8, size=(32, 32))
+    r = CliRunner().invoke(main, ["infer", str(clip), "--model", str(tiny_hf), "--labels", "a, b",
+                                  "--device", "cpu"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
     assert calls == [1]
-    Model(m.net, m.tokenizer, device="cpu")      # a Model built by hand (benchmarks do) as well
-    assert calls == [1, 1]
