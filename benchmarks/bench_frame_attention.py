@@ -8,7 +8,7 @@ videos x frames frames, output merged to [BT, L, D] as the next layer takes it:
   the message token's output sliced off;
 - "eager + cat/slice": the same with transformers' eager attention (matmul, fp32 softmax, matmul);
 - "reference op": ReferenceOps.frame_attention (k/v concatenated, no query for the message token);
-- "triton fused". Target (issue 4): triton >= 1.5x "sdpa + cat/slice" at fp16.
+- "triton fused". Target: triton >= 1.5x "sdpa + cat/slice" at fp16.
 TFLOP/s counts the useful work 4 * BT * H * L * (L+1) * dh. Needs a CUDA GPU; prints why and exits 0
 without one (--smoke checks the script on the CPU interpreter).
 """

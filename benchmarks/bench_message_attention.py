@@ -31,6 +31,11 @@ def eager(msg, ln, attn):
     return msg + attn.out(eager_attention(q, k, v).transpose(1, 2).reshape(b, t, d))
 
 
+def weights(ln, attn):
+    """The op's arguments after msg: the modules' parameters, as CrossFrameBlock passes them."""
+    return (ln.weight, ln.bias, ln.eps, attn.qkv.weight, attn.qkv.bias, attn.out.weight, attn.out.bias, attn.heads)
+
+
 def main(argv=None):
     args = kb.parse_args(__doc__, argv)
     if not kb.ready("bench_message_attention", args):
@@ -53,13 +58,14 @@ def main(argv=None):
                 ln, attn, msg = LayerNorm(d, eps=1e-5).to(dev, dt), SelfAttention(d, h).to(dev, dt), msg32.to(dt)
                 ln.load_state_dict(ln32.state_dict())      # same weights, rounded to dt
                 attn.load_state_dict(attn32.state_dict())
+                w = weights(ln, attn)
                 candidates = {
                     "eager": lambda: eager(msg, ln, attn),
-                    "reference op": lambda: REFERENCE.message_attention(msg, ln, attn),
-                    "triton fused": lambda: message_attention(msg, ln, attn),
+                    "reference op": lambda: REFERENCE.message_attention(msg, *w),
+                    "triton fused": lambda: message_attention(msg, *w),
                 }
                 with torch.inference_mode():
-                    ref32 = REFERENCE.message_attention(msg32, ln32, attn32)
+                    ref32 = REFERENCE.message_attention(msg32, *weights(ln32, attn32))
                 flop = args.videos * t * 8 * d * d + 4 * args.videos * t * t * d
                 for row in kb.measure(candidates, ref32, args, flop / 1e12, "TFLOP/s"):
                     rows.append({"model": model, "shape": f"B={args.videos} T={t} H={h}", "dtype": name, **row})

@@ -7,7 +7,7 @@ B/32 and B/16 with 8 frames, on the GPU:
 - video tower: get_video_features vs XCLIP.encode_video;
 - logits with K labels: transformers' forward (its text encoder runs inside every call, as its
   API works) vs our logits with the label features computed once, as Model.classify does.
-Target (issue 4): the triton backend >= 2x transformers' eager model at fp16 on B/16, 8 frames.
+Target: the triton backend >= 2x transformers' eager model at fp16 on B/16, 8 frames.
 Accuracy: max |logits - our fp32 reference logits|. Needs a CUDA GPU; prints why and exits 0.
 """
 

@@ -20,7 +20,7 @@ from common import write_report  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
-# Vision shapes of the released models (DESIGN.md section 1): width, heads, tokens per frame (with
+# Vision shapes of the released models (docs/model-xclip.md §11): width, heads, tokens per frame (with
 # the class token), embed dim E and its heads (MIT / prompt generator), visual tokens N per video.
 MODELS = {
     "B/32": dict(width=768, heads=12, tokens=50, embed=512, embed_heads=8, patches=49),

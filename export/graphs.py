@@ -3,12 +3,12 @@
 Text graph:  input_ids [K, L] (L <= 77, CLIP ids)          -> text_features [K, E]
 Video graph: pixel_values [B, T, 3, S, S], text_features [K, E] -> logits [B, K], video_embeds [B, E]
 
-Two graphs because text features do not depend on the video (DESIGN.md section 1): a label set
+Two graphs because text features do not depend on the video (docs/model-xclip.md §7): a label set
 is encoded once and its features fed to every video batch.
 
 `ExportOps` has the interface of engine/model/ops.py ReferenceOps but writes attention as the
 plain eager pattern (MatMul, scale, Softmax, MatMul): ONNX Runtime's transformer optimizer
-recognises attention only in that form (DESIGN.md section 5), and TensorRT parses it as is.
+recognises attention only in that form (docs/machines.md §6), and TensorRT parses it as is.
 Even so its CLIP attention fusion does not match these graphs: it wants separate q, k, v
 projections of one input, while the model projects q, k, v with one Linear (a Split follows) and
 the frame attention's keys carry the message token (a Concat). LayerNormalization, QuickGelu and
@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xclip_engine.engine.model import XCLIP
@@ -46,6 +47,8 @@ class ExportOps(ReferenceOps):
 
     A subclass, so an op added to the reference later is exported as the reference computes it;
     only the attention-shaped ops are rewritten here (SDPA exports as one opaque pattern).
+    message_attention is inherited: the reference composes it from self.layer_norm and
+    self.attention, so its attention is the plain pattern below too.
     """
 
     name = "export"
@@ -69,12 +72,12 @@ class ExportOps(ReferenceOps):
         return _plain_attention(q, k, v)
 
     @staticmethod
-    def mlp(x, fc1: nn.Linear, fc2: nn.Linear):
+    def mlp(x, w1, b1, w2, b2):
         # the same MLP on the tokens flattened to 2-D: Linear then exports as one Gemm with its bias
         # (a 3-D Linear is MatMul + Add), and ONNX Runtime still fuses x*sigmoid(1.702x) to QuickGelu
         shape = x.shape
-        h = fc1(x.reshape(-1, shape[-1]))
-        return fc2(h * torch.sigmoid(1.702 * h)).reshape(shape)
+        h = F.linear(x.reshape(-1, shape[-1]), w1, b1)
+        return F.linear(h * torch.sigmoid(1.702 * h), w2, b2).reshape(shape)
 
 
 EXPORT_OPS = ExportOps()

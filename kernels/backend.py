@@ -54,8 +54,8 @@ class TritonOps:
     def frame_attention(self, q, k, v, k_msg, v_msg):
         return self._fa.frame_attention(q, k, v, k_msg, v_msg)
 
-    def message_attention(self, msg, ln, attn):
-        return self._ma.message_attention(msg, ln, attn)
+    def message_attention(self, msg, ln_w, ln_b, eps: float, qkv_w, qkv_b, out_w, out_b, heads: int):
+        return self._ma.message_attention(msg, ln_w, ln_b, eps, qkv_w, qkv_b, out_w, out_b, heads)
 
     def prompt_attention(self, q, k, v):
         return self._pa.prompt_attention(q, k, v)
@@ -66,8 +66,8 @@ class TritonOps:
     def add_layer_norm(self, x, delta, weight, bias, eps: float):
         return self._ln.add_layer_norm(x, delta, weight, bias, eps)
 
-    def mlp(self, x, fc1, fc2):
-        return self._mlp.mlp(x, fc1, fc2)
+    def mlp(self, x, w1, b1, w2, b2):
+        return self._mlp.mlp(x, w1, b1, w2, b2)
 
 
 def _check_device(device) -> None:

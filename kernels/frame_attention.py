@@ -1,6 +1,6 @@
 """Fused intra-frame attention of X-CLIP's CCT block: each frame's L tokens plus its message token.
 
-The reference (DESIGN.md section 1, step 4; VideoX X-CLIP/models/cct.py) appends the message
+The reference (docs/model-xclip.md §4, step 4; VideoX X-CLIP/models/cct.py) appends the message
 token to the L frame tokens, runs attention over L+1 tokens and drops the message token's output.
 This kernel is flash attention (Dao et al., arXiv 2205.14135: online softmax, fp32 accumulator)
 over the L keys, with the message token's key and value read from their own tensors as one more
@@ -15,25 +15,14 @@ finite from the start (no -inf - -inf); it costs one [BLOCK_M, dh] multiply-redu
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from xclip_engine.engine.model.ops import REFERENCE
 
 from . import selfcheck
 from .guards import common_reason, dot_precision, grid_reason, next_pow2, on_device
 from .online_softmax import attend_key_tiles
-
-
-# ---- reference ---------------------------------------------------------------------------------
-def frame_attention_ref(q, k, v, k_msg, v_msg, upcast: bool = False):
-    """softmax(q [k; k_msg]^T / sqrt(dh)) [v; v_msg].
-
-    q/k/v: [BT, H, L, dh]; k_msg/v_msg: [BT, H, 1, dh] -> [BT, H, L, dh]. `upcast` computes and
-    returns fp32 (the yardstick the fp16 tolerance is measured against).
-    """
-    if upcast:
-        q, k, v, k_msg, v_msg = (t.float() for t in (q, k, v, k_msg, v_msg))
-    return F.scaled_dot_product_attention(q, torch.cat([k, k_msg], dim=2), torch.cat([v, v_msg], dim=2))
 
 
 # ---- kernel ------------------------------------------------------------------------------------
@@ -140,8 +129,6 @@ def why_not(q, k, v, k_msg, v_msg) -> str | None:
 
 def frame_attention(q, k, v, k_msg, v_msg):
     """The fused kernel where it applies and works, else the reference op (same contract as ReferenceOps)."""
-    from xclip_engine.engine.model.ops import REFERENCE
-
     return selfcheck.dispatch("frame_attention", why_not(q, k, v, k_msg, v_msg), q,
                               lambda: frame_attention_op(q, k, v, k_msg, v_msg),
                               lambda: REFERENCE.frame_attention(q, k, v, k_msg, v_msg))
@@ -155,4 +142,4 @@ def selfcheck_cases(dtype, device):
     heads = lambda x: x.view(bt, x.shape[1], h, dh).transpose(1, 2)
     q, k, v = (heads(t) for t in torch.randn(bt, seq, 3 * h * dh, generator=g).to(device, dtype).chunk(3, -1))
     km, vm = (heads(t) for t in torch.randn(bt, 1, 2 * h * dh, generator=g).to(device, dtype).chunk(2, -1))
-    return [("frame_attention", _launch, frame_attention_ref, (q, k, v, km, vm))]
+    return [("frame_attention", _launch, REFERENCE.frame_attention, (q, k, v, km, vm))]

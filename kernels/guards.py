@@ -79,7 +79,7 @@ def common_reason(*tensors: torch.Tensor) -> str | None:
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return "inputs require grad (the kernels have no backward; training uses the reference ops)"
     if interpreting():
-        # DESIGN.md section 5: the interpreter computes bf16 silently wrong, so bf16 stays on the GPU
+        # docs/machines.md §3: the interpreter computes bf16 silently wrong, so bf16 stays on the GPU
         if dtype == torch.bfloat16:
             return "bfloat16 under TRITON_INTERPRET (the interpreter's bf16 is not exact)"
         return None

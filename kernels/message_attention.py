@@ -1,6 +1,6 @@
 """Fused cross-frame (message) attention of X-CLIP's CCT block: LN, q/k/v, attention over T, residual.
 
-The reference (DESIGN.md section 1, step 2; VideoX X-CLIP/models/cct.py, CrossFramelAttentionBlock)
+The reference (docs/model-xclip.md §4, step 2; VideoX X-CLIP/models/cct.py, CrossFramelAttentionBlock)
 takes the message_fc output `msg` [B, T, D] of each video and computes
 `msg + out(attention_T(qkv(message_ln(msg))))` with heads = D/64: eager PyTorch spends about eight
 launches (layer norm, q/k/v GEMM, chunk + head split, attention, head merge, output GEMM, two adds)
@@ -18,22 +18,13 @@ whole block on B streaming multiprocessors; B x H programs keep the GPU busy.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from xclip_engine.engine.model.ops import REFERENCE
+
 from . import selfcheck
 from .guards import common_reason, dot_precision, grid_reason, interpreting, next_pow2, on_device
-
-
-# ---- reference ---------------------------------------------------------------------------------
-def message_attention_ref(msg, ln_w, ln_b, eps: float, qkv_w, qkv_b, out_w, out_b, heads: int):
-    """msg [B, T, D] -> msg + out(attention over T (qkv(layer_norm(msg)))), [B, T, D]."""
-    b, t, d = msg.shape
-    q, k, v = F.linear(F.layer_norm(msg, (d,), ln_w, ln_b, eps), qkv_w, qkv_b).chunk(3, dim=-1)
-    q, k, v = (x.view(b, t, heads, d // heads).transpose(1, 2) for x in (q, k, v))   # [B, H, T, dh]
-    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
-    return msg + F.linear(o, out_w, out_b)
 
 
 # ---- kernel ------------------------------------------------------------------------------------
@@ -151,7 +142,7 @@ def _(msg, ln_w, ln_b, eps, qkv_w, qkv_b, out_w, out_b, heads):
     return torch.empty_like(msg, memory_format=torch.contiguous_format)
 
 
-def why_not(msg, ln_w, ln_b, qkv_w, qkv_b, out_w, out_b, heads: int) -> str | None:
+def why_not(msg, ln_w, ln_b, eps: float, qkv_w, qkv_b, out_w, out_b, heads: int) -> str | None:
     """None if the kernel takes these inputs, else why the reference op must run instead."""
     if msg.dim() != 3:
         return f"msg shape {tuple(msg.shape)} (need [B, T, D])"
@@ -165,14 +156,11 @@ def why_not(msg, ln_w, ln_b, qkv_w, qkv_b, out_w, out_b, heads: int) -> str | No
     return grid_reason(_grid(b, heads)) or common_reason(msg, ln_w, ln_b, qkv_w, qkv_b, out_w, out_b)
 
 
-def message_attention(msg, ln, attn):
-    """`msg + attn(ln(msg))` for LayerNorm `ln` and SelfAttention `attn`, fused where it applies."""
-    args = (msg, ln.weight, ln.bias, attn.qkv.weight, attn.qkv.bias, attn.out.weight, attn.out.bias, attn.heads)
-    from xclip_engine.engine.model.ops import REFERENCE
-
-    return selfcheck.dispatch("message_attention", why_not(*args), msg,
-                              lambda: message_attention_op(msg, ln.weight, ln.bias, ln.eps, *args[3:]),
-                              lambda: REFERENCE.message_attention(msg, ln, attn))
+def message_attention(msg, ln_w, ln_b, eps: float, qkv_w, qkv_b, out_w, out_b, heads: int):
+    """msg + out(attention over T (qkv(layer_norm(msg)))), fused where it applies (ReferenceOps' contract)."""
+    args = (msg, ln_w, ln_b, eps, qkv_w, qkv_b, out_w, out_b, heads)
+    return selfcheck.dispatch("message_attention", why_not(*args), msg, lambda: message_attention_op(*args),
+                              lambda: REFERENCE.message_attention(*args))
 
 
 def selfcheck_cases(dtype, device):
@@ -185,4 +173,4 @@ def selfcheck_cases(dtype, device):
     msg = r(d) + r(b, t, d)
     args = (msg, r(d, mean=1.0, std=0.2), r(d, std=0.2), 1e-5, r(3 * d, d, std=d**-0.5), r(3 * d, std=0.2),
             r(d, d, std=d**-0.5), r(d, std=0.2), heads)
-    return [("message_attention", _launch, message_attention_ref, args)]
+    return [("message_attention", _launch, REFERENCE.message_attention, args)]

@@ -1,6 +1,6 @@
 """Fused cross-attention of X-CLIP's video-specific prompt generator: K label queries over N visual tokens.
 
-The reference (DESIGN.md section 1, prompt generator; VideoX X-CLIP/models/prompt.py) runs, per
+The reference (docs/model-xclip.md §9, prompt generator; VideoX X-CLIP/models/prompt.py) runs, per
 video, softmax(q k^T / sqrt(dh)) v with q the K label features (K = 1 ... 400 labels) and k/v the
 N visual tokens (49, 196, 256 patches). This kernel keeps the [K, N] scores and probabilities in
 registers (online softmax, fp32 accumulator, as flash attention, Dao et al. arXiv 2205.14135), so
@@ -12,21 +12,14 @@ batch is read without a copy. Rows past K and keys past N are masked.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from xclip_engine.engine.model.ops import REFERENCE
 
 from . import selfcheck
 from .guards import common_reason, dot_precision, grid_reason, next_pow2, on_device
 from .online_softmax import attend_key_tiles
-
-
-# ---- reference ---------------------------------------------------------------------------------
-def prompt_attention_ref(q, k, v, upcast: bool = False):
-    """q [B, H, K, dh], k/v [B, H, N, dh] -> softmax(q k^T / sqrt(dh)) v, [B, H, K, dh] (fp32 if `upcast`)."""
-    if upcast:
-        q, k, v = q.float(), k.float(), v.float()
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 # ---- kernel ------------------------------------------------------------------------------------
@@ -121,8 +114,6 @@ def why_not(q, k, v) -> str | None:
 
 def prompt_attention(q, k, v):
     """The fused kernel where it applies and works, else the reference op (same contract as ReferenceOps)."""
-    from xclip_engine.engine.model.ops import REFERENCE
-
     return selfcheck.dispatch("prompt_attention", why_not(q, k, v), q, lambda: prompt_attention_op(q, k, v),
                               lambda: REFERENCE.prompt_attention(q, k, v))
 
@@ -135,4 +126,4 @@ def selfcheck_cases(dtype, device):
     heads = lambda x: x.view(x.shape[0], x.shape[1], h, dh).transpose(1, 2)
     q = heads(torch.randn(1, kq, h * dh, generator=g).to(device, dtype)).expand(b, -1, -1, -1)
     k, v = (heads(t) for t in torch.randn(b, n, 2 * h * dh, generator=g).to(device, dtype).chunk(2, -1))
-    return [("prompt_attention", _launch, prompt_attention_ref, (q, k, v))]
+    return [("prompt_attention", _launch, REFERENCE.prompt_attention, (q, k, v))]

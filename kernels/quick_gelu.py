@@ -1,7 +1,7 @@
 """Bias + QuickGELU, the middle of CLIP's MLP: g = z * sigmoid(1.702 z) with z = h + bias.
 
 Source of the activation: OpenAI CLIP model.py (QuickGELU), used by every MLP of X-CLIP
-(DESIGN.md section 1, step 5). The first MLP GEMM runs without its bias (cuBLAS), then this one
+(docs/model-xclip.md §4, step 5). The first MLP GEMM runs without its bias (cuBLAS), then this one
 elementwise pass adds the bias and applies the activation, where eager PyTorch reads and writes
 the [M, 4D] hidden tensor three times (scale, sigmoid, multiply). Arithmetic in fp32.
 """
@@ -9,18 +9,14 @@ the [M, 4D] hidden tensor three times (scale, sigmoid, multiply). Arithmetic in 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from xclip_engine.engine.model.ops import REFERENCE
+
 from . import selfcheck
 from .guards import common_reason, interpreting, on_device
-
-
-# ---- reference ---------------------------------------------------------------------------------
-def bias_quick_gelu_ref(h, bias, upcast: bool = False):
-    """h [..., N] (fc1 output without bias), bias [N] -> z * sigmoid(1.702 z), z = h + bias (fp32 if `upcast`)."""
-    z = (h.float() + bias.float()) if upcast else h + bias
-    return z * torch.sigmoid(1.702 * z)
 
 
 # ---- kernel ------------------------------------------------------------------------------------
@@ -80,21 +76,25 @@ def why_not(h, bias) -> str | None:
     return common_reason(h, bias)
 
 
-def mlp(x, fc1, fc2):
-    """CLIP's MLP: fc2(quick_gelu(fc1(x))) with fc1's bias added inside the activation kernel."""
-    from xclip_engine.engine.model.ops import REFERENCE
+def _fused_mlp(x, w1, b1, w2, b2, activation):
+    # fc1's GEMM without its bias, the bias added inside the activation kernel, then fc2
+    return F.linear(activation(F.linear(x, w1), b1), w2, b2)
 
-    reason = "linear layer without bias" if fc1.bias is None else \
-        "empty input" if x.numel() == 0 else common_reason(x, fc1.weight, fc1.bias)
-    return selfcheck.dispatch("quick_gelu", reason, x,
-                              lambda: fc2(bias_quick_gelu_op(torch.nn.functional.linear(x, fc1.weight), fc1.bias)),
-                              lambda: REFERENCE.mlp(x, fc1, fc2))
+
+def mlp(x, w1, b1, w2, b2):
+    """CLIP's MLP fc2(quick_gelu(fc1(x))) with fc1's bias b1 added inside the activation kernel."""
+    reason = "linear layer without bias" if b1 is None else \
+        "empty input" if x.numel() == 0 else common_reason(x, w1, b1, w2, *(() if b2 is None else (b2,)))
+    return selfcheck.dispatch("quick_gelu", reason, x, lambda: _fused_mlp(x, w1, b1, w2, b2, bias_quick_gelu_op),
+                              lambda: REFERENCE.mlp(x, w1, b1, w2, b2))
 
 
 def selfcheck_cases(dtype, device):
-    """Inputs of the first-use self-check (kernels/selfcheck.py): both tails of the sigmoid, a size
-    no block divides."""
+    """Inputs of the first-use self-check (kernels/selfcheck.py): the whole MLP against ReferenceOps.mlp
+    (the activation alone is no op of the contract), weights scaled so fc1's outputs reach both tails
+    of the sigmoid, a hidden width no block divides."""
     g = torch.Generator().manual_seed(0)
-    h = (3.0 * torch.randn(37, 200, generator=g)).to(device, dtype)
-    bias = torch.randn(200, generator=g).to(device, dtype)
-    return [("bias_quick_gelu", _launch, bias_quick_gelu_ref, (h, bias))]
+    d, hidden = 64, 200
+    r = lambda *shape, std=1.0: (std * torch.randn(*shape, generator=g)).to(device, dtype)
+    args = (r(37, d), r(hidden, d, std=3.0 * d**-0.5), r(hidden), r(d, hidden, std=hidden**-0.5), r(d, std=0.2))
+    return [("mlp", lambda *a: _fused_mlp(*a, _launch), REFERENCE.mlp, args)]

@@ -172,7 +172,7 @@ def check_kernel(cases, device) -> str | None:
                     out = kernel(*args)
                     if torch.device(device).type == "cuda":
                         torch.cuda.synchronize(device)   # a faulting kernel reports here, not later
-                    exact = reference(*(_to64(a) for a in args))
+                    exact = reference(*float64_args(args))
                     same = reference(*args)
             except torch.OutOfMemoryError:
                 raise
@@ -184,8 +184,9 @@ def check_kernel(cases, device) -> str | None:
     return None
 
 
-def _to64(a):
-    return a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+def float64_args(args) -> tuple:
+    """`args` with every floating-point tensor in float64: the inputs of the exact reference run."""
+    return tuple(a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
 
 
 def _outputs(x) -> tuple:

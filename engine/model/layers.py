@@ -32,7 +32,7 @@ class MLP(nn.Module):
         self.fc2 = nn.Linear(hidden, width)
 
     def forward(self, x):
-        return self.ops.mlp(x, self.fc1, self.fc2)
+        return self.ops.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
 def split_heads(x, heads: int):

@@ -3,6 +3,11 @@
 The model (xclip.py and its parts) is written once; a backend changes what these functions
 do (reference PyTorch here, fused Triton kernels in xclip_engine.kernels), never the model.
 Tensors are batch-first: attention inputs are [N, H, L, dh].
+
+Every op takes tensors only, weights and biases included (the modules pass their parameters), so
+a backend never reaches into a module, and every op here is directly callable on float64 copies
+of its inputs: the kernel tests and the self-check (kernels/selfcheck.py) use this class as the
+one reference, run in float64 as the exact answer and in the input dtype as the yardstick.
 """
 
 from __future__ import annotations
@@ -31,12 +36,17 @@ class ReferenceOps:
         v = torch.cat([v, v_msg], dim=2)
         return F.scaled_dot_product_attention(q, k, v)
 
-    @staticmethod
-    def message_attention(msg, ln, attn):
+    def message_attention(self, msg, ln_w, ln_b, eps: float, qkv_w, qkv_b, out_w, out_b, heads: int):
         # Cross-frame attention of the CCT block: msg [B, T, D] (message_fc output) ->
-        # msg + attn(ln(msg)), attention over the T message tokens of each video.
-        # `ln` is a LayerNorm and `attn` a SelfAttention module (weights for fused backends).
-        return msg + attn(ln(msg))
+        # msg + out(attention over T (qkv(layer_norm(msg)))), per video, `heads` heads.
+        # qkv_w [3D, D] holds the q, k, v rows in that order. A method, not a staticmethod: the
+        # norm and the attention go through this object's own layer_norm and attention, so a
+        # subclass that rewrites attention (export/graphs.py ExportOps) rewrites this one too.
+        b, t, d = msg.shape
+        q, k, v = F.linear(self.layer_norm(msg, ln_w, ln_b, eps), qkv_w, qkv_b).chunk(3, dim=-1)
+        q, k, v = (x.view(b, t, heads, d // heads).transpose(1, 2) for x in (q, k, v))    # [B, H, T, dh]
+        o = self.attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+        return msg + F.linear(o, out_w, out_b)
 
     @staticmethod
     def prompt_attention(q, k, v):
@@ -55,16 +65,16 @@ class ReferenceOps:
         return s, F.layer_norm(s, s.shape[-1:], weight, bias, eps)
 
     @staticmethod
-    def mlp(x, fc1: torch.nn.Linear, fc2: torch.nn.Linear):
-        # CLIP's MLP: Linear(D, 4D), QuickGELU x*sigmoid(1.702x), Linear(4D, D).
-        h = fc1(x)
+    def mlp(x, w1, b1, w2, b2):
+        # CLIP's MLP: Linear(D, 4D) (w1 [4D, D], b1 [4D]), QuickGELU x*sigmoid(1.702x), Linear(4D, D).
+        h = F.linear(x, w1, b1)
         if h.requires_grad:   # training: autograd needs h and sigmoid(1.702h) kept apart
-            return fc2(h * torch.sigmoid(1.702 * h))
+            return F.linear(h * torch.sigmoid(1.702 * h), w2, b2)
         # Inference: the same three elementwise ops in the same order (bitwise equal), written into
         # one temporary and h itself instead of three fresh [B*T*L, 4D] tensors of tens of MB each,
         # whose allocation and first touch cost more than the arithmetic. A B/32 batch-8 forward
         # took 17% less time in fp32 and 8% less in bf16 (best of 3, fresh processes).
-        return fc2(h.mul_(torch.mul(h, 1.702).sigmoid_()))
+        return F.linear(h.mul_(torch.mul(h, 1.702).sigmoid_()), w2, b2)
 
 
 REFERENCE = ReferenceOps()

@@ -1,7 +1,7 @@
 """X-CLIP's vision tower: the Cross-frame Communication Transformer (CCT).
 
 Source of the math: microsoft/VideoX X-CLIP/models/cct.py (CrossFramelAttentionBlock,
-CrossFrameCommunicationTransformer); DESIGN.md section 1 states it step by step.
+CrossFrameCommunicationTransformer); docs/model-xclip.md §3-§4 states it step by step.
 Layout here is batch-first: x is [B*T, L, D], the T frames of one video contiguous.
 """
 
@@ -34,7 +34,9 @@ class CrossFrameBlock(nn.Module):
         """Steps 1-2: one message token per frame, then attention across the T frames of a video."""
         bt, _, d = x.shape
         msg = self.message_fc(x[:, 0]).view(bt // num_frames, num_frames, d)  # [B, T, D]
-        msg = self.ops.message_attention(msg, self.message_ln, self.message_attn)  # msg + attn(ln(msg))
+        ln, attn = self.message_ln, self.message_attn                          # msg + attn(ln(msg))
+        msg = self.ops.message_attention(msg, ln.weight, ln.bias, ln.eps, attn.qkv.weight, attn.qkv.bias,
+                                         attn.out.weight, attn.out.bias, attn.heads)
         return msg.reshape(bt, 1, d)                                          # [BT, 1, D]
 
     def frame_attention(self, x, msg):

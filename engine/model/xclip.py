@@ -1,4 +1,4 @@
-"""The reference X-CLIP model: DESIGN.md section 1, one readable definition for every backend.
+"""The reference X-CLIP model: docs/model-xclip.md, one readable definition for every backend.
 
 Source: microsoft/VideoX X-CLIP/models/xclip.py (XCLIP.encode_video, forward) and
 transformers' XCLIPModel (logits_per_video). Text features do not depend on the video, so they

@@ -1,6 +1,6 @@
 """The bf16 path of the reference backend (engine/fast_cpu.py) against the fp32 reference.
 
-Tolerances (issue 7): max logit error under 5% of the logit range, top-1 equal to fp32 on the
+Tolerances (docs/tolerances.md §6): max logit error under 5% of the logit range, top-1 equal to fp32 on the
 bundled model's example clips, and top-1 agreement of at least 99% on 240 of its held-out test
 clips. The text tower stays fp32, so text features are bit-identical.
 """

@@ -22,11 +22,6 @@ def make_inputs(b, h, kq, n, dh, dtype, device, seed=0):
     return q, k, v
 
 
-def test_reference_function_is_the_model_op(kdevice):
-    args = make_inputs(2, 2, 5, 16, 32, torch.float32, kdevice)
-    assert_close(pa.prompt_attention_ref(*args), REFERENCE.prompt_attention(*args), rtol=1e-6, name="ref vs op")
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "b{}-h{}-K{}-N{}-dh{}".format(*s))
 def test_fp32_matches_reference(shape, kdevice):
     args = make_inputs(*shape, torch.float32, kdevice)
@@ -38,12 +33,11 @@ def test_fp32_matches_reference(shape, kdevice):
 
 @pytest.mark.parametrize("shape", [(1, 1, 400, 196, 64), (2, 12, 3, 49, 64)],
                          ids=lambda s: "b{}-h{}-K{}-N{}-dh{}".format(*s))
-def test_fp16_within_twice_torch_error(shape, kdevice, fp16_rule):
+def test_fp16_within_the_reference_rule(shape, kdevice, reference_rule):
     args = make_inputs(*shape, torch.float16, kdevice)
     out = pa.prompt_attention(*args)
     assert out.dtype == torch.float16
-    fp16_rule(f"prompt_attention fp16 {shape}", out, pa.prompt_attention_ref(*args, upcast=True),
-              REFERENCE.prompt_attention(*args))
+    reference_rule(f"prompt_attention fp16 {shape}", out, REFERENCE.prompt_attention, *args)
 
 
 def test_shared_label_queries_are_read_without_a_copy(kdevice):
@@ -76,7 +70,6 @@ def test_fake_implementation_matches_the_kernel(kdevice):
 
 @needs_cuda
 @pytest.mark.parametrize("shape", [(16, 8, 400, 49, 64), (8, 12, 400, 256, 64)])
-def test_bf16_on_gpu(shape, fp16_rule):
+def test_bf16_on_gpu(shape, reference_rule):
     args = make_inputs(*shape, torch.bfloat16, "cuda")
-    fp16_rule(f"prompt_attention bf16 {shape}", pa.prompt_attention(*args), pa.prompt_attention_ref(*args, upcast=True),
-              REFERENCE.prompt_attention(*args), atol=1e-2)
+    reference_rule(f"prompt_attention bf16 {shape}", pa.prompt_attention(*args), REFERENCE.prompt_attention, *args)

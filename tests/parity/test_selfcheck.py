@@ -13,7 +13,6 @@ import pytest
 import torch
 from helpers import assert_close
 
-from xclip_engine.engine.model.layers import MLP, LayerNorm, SelfAttention
 from xclip_engine.engine.model.ops import REFERENCE
 from xclip_engine.kernels import frame_attention as fa
 from xclip_engine.kernels import layer_norm as ln
@@ -30,15 +29,6 @@ def _args(mod, device, case=0):
     return mod.selfcheck_cases(torch.float32, torch.device(device))[case][3]
 
 
-def _message_block(device):
-    torch.manual_seed(0)
-    norm, attn = LayerNorm(128, eps=1e-5), SelfAttention(128, 2)
-    with torch.no_grad():
-        norm.bias.normal_(0.0, 0.2)
-        attn.qkv.bias.normal_(0.0, 0.2)
-    return norm.to(device).eval(), attn.to(device).eval(), torch.randn(2, 7, 128, device=device)
-
-
 def calls(name, device):
     """(fused(), reference()) for kernel `name`: the backend's entry point and the reference op."""
     if name == "frame_attention":
@@ -52,11 +42,10 @@ def calls(name, device):
         return ((lambda: (ln.layer_norm(x, w, b, eps), *ln.add_layer_norm(x, delta, w, b, eps))),
                 lambda: (REFERENCE.layer_norm(x, w, b, eps), *REFERENCE.add_layer_norm(x, delta, w, b, eps)))
     if name == "quick_gelu":
-        torch.manual_seed(0)
-        mlp, x = MLP(32, 128).to(device), torch.randn(3, 5, 32, device=device)
-        return lambda: qg.mlp(x, mlp.fc1, mlp.fc2), lambda: REFERENCE.mlp(x, mlp.fc1, mlp.fc2)
-    norm, attn, msg = _message_block(device)
-    return lambda: ma.message_attention(msg, norm, attn), lambda: REFERENCE.message_attention(msg, norm, attn)
+        a = _args(qg, device)
+        return lambda: qg.mlp(*a), lambda: REFERENCE.mlp(*a)
+    a = _args(ma, device)
+    return lambda: ma.message_attention(*a), lambda: REFERENCE.message_attention(*a)
 
 
 def _module(name):
@@ -198,6 +187,16 @@ def test_out_of_memory_is_not_blamed_on_the_kernel(kdevice, monkeypatch):
     assert not kernel_status()["frame_attention"].startswith("off")
 
 
+def test_each_kernel_is_checked_against_the_one_reference_op():
+    # engine/model/ops.py ReferenceOps is the only definition of each op: no kernel file keeps a
+    # reference of its own, and every self-check case is judged against the ReferenceOps entry it names
+    for name in KERNELS:
+        mod = _module(name)
+        assert not [n for n in vars(mod) if n.endswith("_ref")], f"kernels/{name}.py defines its own reference"
+        for label, _, reference, _ in mod.selfcheck_cases(torch.float32, torch.device("cpu")):
+            assert reference == getattr(REFERENCE, label), f"{name}: case {label!r} is not judged by ReferenceOps"
+
+
 def test_status_names_every_kernel_and_starts_unchecked():
     assert kernel_status() == dict.fromkeys(KERNELS, "unchecked")
     with pytest.raises(ValueError, match="unknown Triton kernel 'flash'"):
@@ -223,12 +222,12 @@ CHECK = "off: self-check frame_attention "
 
 
 @pytest.mark.parametrize("fake, verdict", [
-    (fa.frame_attention_ref, "ok"),                                   # PyTorch's own answer passes
-    (_noisy(fa.frame_attention_ref, 1e-6), "ok"),                     # within the fp32 floor
-    (_noisy(fa.frame_attention_ref, 0.05), CHECK + "float32: output error"),
-    (_noisy(fa.frame_attention_ref, 0.02, only=torch.float16), CHECK + "float16: output error"),
-    (lambda *a: fa.frame_attention_ref(*a) * float("nan"), CHECK + "float32: output has NaN/inf"),
-    (lambda *a: fa.frame_attention_ref(*a)[:, :1], CHECK + "float32: output (2, 1, 37, 64)"),
+    (REFERENCE.frame_attention, "ok"),                                # PyTorch's own answer passes
+    (_noisy(REFERENCE.frame_attention, 1e-6), "ok"),                  # within the fp32 floor
+    (_noisy(REFERENCE.frame_attention, 0.05), CHECK + "float32: output error"),
+    (_noisy(REFERENCE.frame_attention, 0.02, only=torch.float16), CHECK + "float16: output error"),
+    (lambda *a: REFERENCE.frame_attention(*a) * float("nan"), CHECK + "float32: output has NaN/inf"),
+    (lambda *a: REFERENCE.frame_attention(*a)[:, :1], CHECK + "float32: output (2, 1, 37, 64)"),
     (lambda *a: 1 / 0, CHECK + "float32 raised ZeroDivisionError"),
 ], ids=["reference", "tiny-noise", "noisy", "noisy-fp16-only", "nan", "wrong-shape", "raises"])
 def test_self_check_verdicts_on_fake_kernels(fake, verdict, kdevice, monkeypatch):
@@ -271,7 +270,7 @@ def test_first_use_on_a_gpu_runs_the_self_check_once(kdevice, monkeypatch):
 @torch.no_grad()
 def test_first_use_self_check_failure_answers_with_the_reference(kdevice, monkeypatch):
     monkeypatch.setattr(selfcheck, "_wants_check", lambda like: True)
-    monkeypatch.setattr(fa, "_launch", _noisy(fa.frame_attention_ref, 0.05))
+    monkeypatch.setattr(fa, "_launch", _noisy(REFERENCE.frame_attention, 0.05))
     fused, reference = calls("frame_attention", kdevice)
     with switch_off_warnings() as warned:
         outs = [fused() for _ in range(3)]
