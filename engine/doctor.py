@@ -112,7 +112,7 @@ def format_report(report: dict) -> str:
               f"paths ({'cached verdict from ' + m['auto_cache'] if report['cached'] else 'measured now'}; "
               + ("error: logits against the folder's fp32 graphs, bound: what the export check allowed):"
                  if report["kind"] == "export folder" else
-                 "error: logits against float64, bound: 3x the same-precision reference's own error):"),
+                 "error: logits against float64, bound: 4x the same-precision reference's own error):"),
               choice.table(), "", report["auto"]["note"]]
     kernels = report.get("kernels") or {}
     if m["gpus"] or any(v != "unchecked" for v in kernels.values()):

@@ -26,7 +26,12 @@ from dataclasses import dataclass
 
 import torch
 
-MULTIPLE = 3.0
+# How much worse than the reference's own error a correct path may be. Two correct fp32 runs of a
+# whole model through different GEMM libraries and fusions land at error ratios well apart: ONNX
+# Runtime's fp32 logits against ours were 0.54x (B/32) and 2.7x (B/16) on one AMD EPYC, each the
+# max over 2 videos x 16 labels. 4 leaves room for that spread; a wrong graph (one weight changed)
+# errs by more than 10x the bound.
+MULTIPLE = 4.0
 # The floor covers outputs that the same-dtype reference happens to compute almost exactly (a
 # tensor with few reductions): a few units in the last place of each dtype, relative to the range.
 FLOOR = {"fp32": 2e-6, "fp16": 1e-3, "bf16": 4e-3, "int8": 0.0}
