@@ -3,7 +3,7 @@
     net = to_bf16(net)          # what xe.load(src, precision="bf16") does; in place, returns net
 
 On CPUs with AMX (Intel Sapphire Rapids and later) oneDNN runs bf16 matmuls 3-4x faster than fp32
-(DESIGN.md section 5: 790-940 against 230-310 GFLOP/s on our two cores), and the video tower is
+(docs/machines.md §7: 790-940 against 230-310 GFLOP/s on our two cores), and the video tower is
 almost all matmul. Not a second model: the weights are cast and four dtype boundaries are hooked
 onto the existing modules, so the arithmetic is still the reference ops layer's.
 

@@ -1,4 +1,4 @@
-"""fp16 and int8 graphs: the intended ops in fp32, fp16 within DESIGN.md's tolerance, int8 top-1 agreement."""
+"""fp16 and int8 graphs: the intended ops in fp32, fp16 within docs/tolerances.md §5, int8 top-1 agreement."""
 
 import copy
 import os
