@@ -11,7 +11,7 @@ the median is reported beside it:
 - transformers video tower, eager, and a plain torch.onnx.export of it in ONNX Runtime (defaults);
 - ours: the exported video graph alone (encode_video) and the ONNX Runtime backend's logits with the
   K label features computed once and cached (as Model.classify does), fp32 and int8.
-Targets (issue 5): ORT fp32 logits >= 1.8x transformers forward; our video graph >= the plain
+Targets: ORT fp32 logits >= 1.8x transformers forward; our video graph >= the plain
 export of transformers' tower; int8 >= 1.5x ORT fp32.
 """
 
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import matmul_gflops, median_time, ort_gemm_gflops, write_report  # noqa: E402
 
-GFLOP_PER_VIDEO = 71.0   # X-CLIP B/32 8 frames video tower (DESIGN.md section 5)
+GFLOP_PER_VIDEO = 71.0   # X-CLIP B/32 8 frames video tower (docs/machines.md §8)
 # our video graph at K = 400 (tower, prompt generator, logits): torch's flop counter, benchmarks/ladder.py
 OURS_GFLOP_PER_VIDEO_K400 = 75.8
 RUNGS = ["hf_forward", "hf_video_torch", "hf_video_ort", "ours_video_graph", "ort_fp32_logits", "ort_int8_logits"]

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import matmul_gflops, median_time, write_report  # noqa: E402
 
-GFLOP_PER_VIDEO = 71.0   # X-CLIP B/32 8 frames video tower (DESIGN.md section 5)
+GFLOP_PER_VIDEO = 71.0   # X-CLIP B/32 8 frames video tower (docs/machines.md §8)
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""The performance ladder (issue 7): every way to run X-CLIP here, from transformers' eager model up.
+"""The performance ladder: every way to run X-CLIP here, from transformers' eager model up.
 
     python benchmarks/ladder.py            # B/32 and B/16 8 frames, batch 1 and 8, K = 400, every rung
     python benchmarks/ladder.py --quick    # B/32 only, batch 8 and 1, 1 timed call, no torch.compile (< 5 min

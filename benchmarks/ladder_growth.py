@@ -1,4 +1,4 @@
-"""How cost grows (issue 7): videos/s and peak memory for T = 8, 16, 32 frames, batch 1, 8, 32 and
+"""How cost grows: videos/s and peak memory for T = 8, 16, 32 frames, batch 1, 8, 32 and
 K = 10, 400, 4000 labels, on the path `xe.load(backend="auto")` takes here.
 
     python benchmarks/ladder.py --growth [--quick]

@@ -1,4 +1,4 @@
-"""The ladder's figures: one row per (model, batch, rung), issue 7's targets, JSON + markdown + PNG."""
+"""The ladder's figures: one row per (model, batch, rung), the speed targets, JSON + markdown + PNG."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def best_low_precision(rows, model, batch):
 
 
 def targets(rows, model="B/32") -> list[dict]:
-    """Issue 7's targets on this run's figures (B/32, K as run); None where a rung did not run."""
+    """The speed targets (listed below) on this run's figures (B/32, K as run); None where a rung did not run."""
     out = []
 
     def add(what, value, goal):

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from bench_export import _peak_rss_mib
 
+from xclip_engine.engine.runtime.device import default_device
+
 # name -> what it is, as the table prints it
 RUNGS = {
     "hf_fp32": "transformers XCLIPModel forward, eager fp32 (text encoder in every call): the baseline",
@@ -54,7 +56,7 @@ def labels(work: str) -> list[str]:
 
 
 def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()
 
 
 def _synced(fn):

@@ -21,8 +21,8 @@ What is ours and what is DALI's:
 Devices: ``device_id=None`` runs DALI's CPU operators (its CPU decoder reads VP8, VP9 and MJPEG
 only); on a GPU the decoder runs as ``device="mixed"`` (NVDEC: VP8, VP9, MJPEG, AV1, MPEG-4,
 H.264, HEVC, 8-bit 4:2:0 only; ``engine.decoders.dali_refusal`` keeps other files away) and the
-rest on the GPU. ``iter_clips`` decodes a stream of files in batches with ``prefetch_queue_depth``
-batches in flight, so decoding overlaps the model's work on the previous batch.
+rest on the GPU. Each call decodes one file as one DALI sample (``read_clip_dali``,
+``read_index_clips``); the one-sample pipelines are cached per thread.
 
 Not handled by DALI: the display matrix (rotated phone videos come out as stored, not upright):
 ``choose_decoder('auto')`` does not route such files here (see ``engine.decoders``).
@@ -30,11 +30,9 @@ Not handled by DALI: the display matrix (rotated phone videos come out as stored
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import re
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +42,6 @@ from .video import VideoError, _no_av_errors, _Video
 from .video_sampling import sample_clip_indices
 from .video_transforms import MEAN, STD, parse_views, rescaled_size, resize_target, three_crop_offsets
 
-PREFETCH = 2   # batches DALI prepares ahead of the one being consumed
 MAX_CACHED_PIPES = 4
 # fn.decoders.video's default pad_mode ("constant") fills a requested frame past the end of the
 # video (by DALI's own frame count) with fill_value, i.e. black, without any error; "none" makes
@@ -74,7 +71,6 @@ class ClipPlan:
     anchors: list[tuple[int, int]]  # (x, y) of each crop in the resized frame, official order
     num_clips: int
     codec: str = ""               # FFmpeg's codec name (DALI's CPU decoder reads only a few)
-    position: int = -1            # index in the caller's list of paths (iter_clips)
 
     def encoded(self) -> np.ndarray:
         """The whole file as bytes: DALI's decoder reads videos from memory."""
@@ -117,24 +113,18 @@ def plan_clip(path, num_frames: int, size: int, views: str = "1x1", seed: int | 
     return ClipPlan(str(path), frames, (new_h, new_w), anchors, num_clips, codec)
 
 
-def _build(dev: int | None, num_crops: int, size: int, batch_size: int, source=None):
-    """A DALI pipeline: encoded bytes + frame indices + (h, w) + crop anchors -> num_crops outputs
-    ``[F, 3, S, S]`` float32 per sample. ``source``: a batch callback (prefetching iterator);
-    None: inputs come through ``feed_input``."""
+def _build(dev: int | None, num_crops: int, size: int):
+    """A one-sample DALI pipeline: encoded bytes + frame indices + (h, w) + crop anchors, fed through
+    ``feed_input``, -> num_crops outputs ``[F, 3, S, S]`` float32."""
     dali = _dali()
     fn, types = dali.fn, dali.types
     gpu = dev is not None
 
-    @dali.pipeline_def(batch_size=batch_size, num_threads=2, device_id=dev,
-                       prefetch_queue_depth=PREFETCH if source is not None else 1)
+    @dali.pipeline_def(batch_size=1, num_threads=2, device_id=dev, prefetch_queue_depth=1)
     def pipe():
-        names = ["enc", "frames", "rsize"] + [f"anchor{j}" for j in range(num_crops)]
+        names = _input_names(num_crops)
         dtypes = [types.UINT8, types.INT32, types.FLOAT] + [types.INT32] * num_crops
-        if source is None:
-            ins = [fn.external_source(name=nm, dtype=dt, ndim=1) for nm, dt in zip(names, dtypes)]
-        else:
-            ins = fn.external_source(source=source, num_outputs=len(names), batch=True,
-                                     dtype=dtypes, ndim=[1] * len(names))
+        ins = [fn.external_source(name=nm, dtype=dt, ndim=1) for nm, dt in zip(names, dtypes)]
         enc, frames, rsize, anchors = ins[0], ins[1], ins[2], ins[3:]
         video = fn.decoders.video(enc, frames=frames, device="mixed" if gpu else "cpu", **DECODE_ARGS)
         # size = (h, w) per sample, computed with mmcv's rounding; no antialias, as cv2.INTER_LINEAR
@@ -152,12 +142,14 @@ def _build(dev: int | None, num_crops: int, size: int, batch_size: int, source=N
     return p
 
 
-def _inputs(plans: Sequence[ClipPlan]) -> list[list[np.ndarray]]:
-    cols = [[p.encoded() for p in plans], [p.frames for p in plans],
-            [np.asarray(p.resized, np.float32) for p in plans]]
-    for j in range(len(plans[0].anchors)):
-        cols.append([np.asarray(p.anchors[j], np.int32) for p in plans])
-    return cols
+def _input_names(num_crops: int) -> list[str]:
+    return ["enc", "frames", "rsize"] + [f"anchor{j}" for j in range(num_crops)]
+
+
+def _inputs(plan: ClipPlan) -> list[list[np.ndarray]]:
+    """One batch-of-one column per pipeline input, in ``_input_names`` order."""
+    cols = [[plan.encoded()], [plan.frames], [np.asarray(plan.resized, np.float32)]]
+    return cols + [[np.asarray(anchor, np.int32)] for anchor in plan.anchors]
 
 
 def _to_numpy(out) -> np.ndarray:
@@ -214,13 +206,13 @@ _PIPES_LOCK = threading.Lock()
 def _run_one(plan: ClipPlan, dev, size: int) -> np.ndarray:
     _check_codec(plan, dev)
     key = (dev, len(plan.anchors), size, threading.get_ident())
-    inputs = _inputs([plan])
+    inputs = _inputs(plan)
     with _PIPES_LOCK:
         pipe = _PIPES.pop(key, None)
     if pipe is None:
-        pipe = _build(dev, len(plan.anchors), size, 1)
+        pipe = _build(dev, len(plan.anchors), size)
     try:
-        for name, col in zip(["enc", "frames", "rsize"] + [f"anchor{j}" for j in range(len(plan.anchors))], inputs):
+        for name, col in zip(_input_names(len(plan.anchors)), inputs):
             pipe.feed_input(name, col)
         outs = pipe.run()
         result = _assemble(plan, [_to_numpy(o)[0] for o in outs])
@@ -277,87 +269,3 @@ def read_index_clips(path, clips: Sequence[Sequence[int]], size: int, device=Non
         raise ValueError("clips must be a non-empty list of equally long, non-empty index lists")
     plan = plan_clip(path, len(clips[0]), size, "1x1", clips=clips)
     return _run_one(plan, device_id(device), int(size))
-
-
-def iter_clips(paths: Iterable, num_frames: int, size: int, views: str = "1x1", device=None,
-               batch_size: int = 8, seed: int | None = 0) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-    """Decode many videos with DALI, ``batch_size`` per pipeline run and ``PREFETCH`` runs ahead.
-
-    Yields ``(path, clip [V, T, 3, S, S] or None, error message or None)`` for every path, in
-    order. A file that fails its plan (missing, not a video) yields its error at once; a batch
-    that DALI fails on is retried file by file so that only the bad file reports the error.
-    """
-    _dali()
-    paths = [str(p) for p in paths]
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    num_crops = parse_views(views)[1]
-    dev, size = device_id(device), int(size)
-    start = 0
-    while start < len(paths):
-        done = yield from _iter_from(paths, start, num_frames, size, views, dev, int(batch_size), num_crops, seed)
-        start = done
-
-
-def _iter_from(paths, start, num_frames, size, views, dev, batch_size, num_crops, seed):
-    """Run one prefetching pipeline over ``paths[start:]``; returns where the next run starts."""
-    pending: collections.deque = collections.deque()   # (plans of a batch fed to DALI), in order
-    errors: dict[int, str] = {}
-    cursor = [start]
-
-    def source():
-        plans = []
-        while len(plans) < batch_size and cursor[0] < len(paths):
-            i = cursor[0]
-            cursor[0] += 1
-            try:
-                plan = plan_clip(paths[i], num_frames, size, views, seed)
-                plan.position = i
-                _check_codec(plan, dev)
-                cols = _inputs([plan])   # reads the file now: a read error belongs to this path
-                plans.append((plan, cols))
-            except (VideoError, ValueError, OSError) as e:
-                errors[i] = str(e) if isinstance(e, VideoError) else f"{paths[i]}: {e}"
-        if not plans:
-            raise StopIteration
-        pending.append([p for p, _ in plans])
-        return tuple([c for _, cols in plans for c in cols[k]] for k in range(3 + num_crops))
-
-    pipe = _build(dev, num_crops, size, batch_size, source=source)
-    nxt = start
-    try:
-        while True:
-            try:
-                outs = pipe.run()
-            except StopIteration:
-                break
-            except Exception:  # noqa: BLE001 - one bad file poisons DALI's batch: redo it file by file
-                if not pending:
-                    raise   # not a file's fault: the pipeline itself failed
-                failed = pending.popleft()
-                for plan in failed:
-                    yield from _flush_errors(paths, errors, nxt, plan.position)
-                    try:
-                        yield plan.path, _run_one(plan, dev, size), None
-                    except VideoError as e:
-                        yield plan.path, None, str(e)
-                    nxt = plan.position + 1
-                # the pipeline is no longer usable; the caller restarts after the failed batch
-                return nxt
-            batch = pending.popleft()
-            arrays = [_to_numpy(o) for o in outs]
-            for j, plan in enumerate(batch):
-                yield from _flush_errors(paths, errors, nxt, plan.position)
-                yield plan.path, _assemble(plan, [a[j] for a in arrays]), None
-                nxt = plan.position + 1
-        yield from _flush_errors(paths, errors, nxt, len(paths))
-        return len(paths)
-    finally:
-        with contextlib.suppress(Exception):
-            del pipe
-
-
-def _flush_errors(paths, errors: dict, lo: int, hi: int):
-    for i in range(lo, hi):
-        if i in errors:
-            yield paths[i], None, errors.pop(i)

@@ -97,10 +97,8 @@ def dali_installed() -> bool:
 
 
 def _gpu_present() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
+    import torch  # imported here: choosing a decoder need not load torch before it is used
+
     return bool(torch.cuda.is_available())
 
 

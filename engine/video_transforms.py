@@ -31,8 +31,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
+# one definition, in the model config; the names MEAN / STD stay for the video modules and callers
+from .config import IMAGE_MEAN as MEAN
+from .config import IMAGE_STD as STD
 
 
 def parse_views(views: str) -> tuple[int, int]:

@@ -17,6 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from xclip_engine.engine.atomic_file import atomic_write
 from xclip_engine.engine.checkpoint import CheckpointError
 from xclip_engine.engine.config import IMAGE_MEAN, IMAGE_STD, XCLIPConfig
 
@@ -36,7 +37,7 @@ def _reexport_hint(folder: str) -> str:
 
 
 def preprocessing(config: XCLIPConfig) -> dict:
-    """The test-time preprocessing the graphs expect (DESIGN.md section 1), written out for other runtimes."""
+    """The test-time preprocessing the graphs expect (docs/preprocessing.md §2-§5), written out for other runtimes."""
     s = config.image_size
     return {"sampling": "tsn-center", "num_frames": config.num_frames, "resize_short_side": int(256 / 224 * s),
             "crop": s, "interpolation": "bilinear (OpenCV, no antialiasing)", "color": "RGB",
@@ -84,11 +85,8 @@ class Manifest:
 def write_manifest(folder: str, data: dict) -> str:
     data = {"format": FORMAT, "format_version": FORMAT_VERSION, **data}
     path = os.path.join(folder, MANIFEST)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-    os.replace(tmp, path)   # the manifest appears last and whole: its presence marks a finished export
-    return path
+    # the manifest appears last and whole: its presence marks a finished export
+    return atomic_write(path, lambda f: json.dump(data, f, indent=2, sort_keys=False), text=True)
 
 
 def _check_file(folder: str, entry: dict, what: str):

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import torch
 
+from xclip_engine.engine.atomic_file import atomic_write, write_via_temp
 from xclip_engine.engine.model.layers import causal_eot_trim
 
 from .manifest import ExportFolderError, Manifest
@@ -216,20 +217,19 @@ class GraphSession:
             self.session = plain = None   # fusing needs the memory (a B/32 video graph's session: 0.6 GB)
             graph = self._try_fusion(manifest, feeds, want, providers, opts) or self.path
         if _writable(cache_dir):
-            tmp = cached + f".tmp{os.getpid()}"
-            try:
+            def build(tmp: str) -> None:
+                # ONNX Runtime itself writes the optimized graph, to the temporary name
                 self.session = _session(graph, providers, opts, optimized_path=tmp)
-                os.replace(tmp, cached)
-                with open(info_path + ".tmp", "w", encoding="utf-8") as f:
-                    json.dump(self.info, f, indent=1)
-                os.replace(info_path + ".tmp", info_path)
+
+            try:
+                # the graph first, its info last: an info file marks a complete cache entry;
+                # the pid in the temp name keeps two processes caching at once apart
+                write_via_temp(cached, build, tmp=cached + f".tmp{os.getpid()}")
+                atomic_write(info_path, lambda f: json.dump(self.info, f, indent=1), text=True)
                 return
             except Exception as e:   # a full disk or a provider that cannot save: serve, uncached
                 warnings.warn(f"{cache_dir}: cannot cache the optimized graph ({type(e).__name__}: {e}); it is "
                               "rebuilt on each load", stacklevel=2)
-                for leftover in (tmp, info_path + ".tmp"):
-                    if os.path.exists(leftover):
-                        os.remove(leftover)
         if graph is not self.path or self.session is None:
             self.session = _session(graph, providers, opts)
 

@@ -94,18 +94,6 @@ def _tidy(model: onnx.ModelProto) -> int:
     return dropped
 
 
-def fp32_islands(model: onnx.ModelProto) -> dict[str, set[str]]:
-    """For each op type, the element types its first input has in `model` (for tests and the report)."""
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
-    types.update({t.name: t.data_type for t in model.graph.initializer})
-    out: dict[str, set[str]] = {}
-    for n in model.graph.node:
-        if n.input and n.input[0] in types:
-            out.setdefault(n.op_type, set()).add(onnx.TensorProto.DataType.Name(types[n.input[0]]))
-    return out
-
-
 def quantize_int8(src: str, dst: str) -> None:
     """Dynamic int8 quantization of the weight matmuls of the fp32 graph at `src`, written to `dst`."""
     import logging

@@ -2,7 +2,7 @@
 
 Build: each fp16 ONNX graph (LayerNorm, Softmax, reductions already fp32 with explicit Casts, see
 precision.py) is parsed into a strongly typed network, the form TensorRT 10 builds and the only
-one TensorRT 11 has (it removed BuilderFlag.FP16, DESIGN.md section 5), with one optimization
+one TensorRT 11 has (it removed BuilderFlag.FP16, docs/machines.md §5), with one optimization
 profile over the dynamic axes: videos B in 1..max_batch, labels K in 1..max_labels, tokens L in
 1..77. Run: named-tensor I/O on torch CUDA tensors (set_input_shape, set_tensor_address,
 execute_async_v3 on a stream of the engine's device, every TensorRT call under
@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from xclip_engine.engine.atomic_file import atomic_write
 from xclip_engine.engine.model.layers import causal_eot_trim
 
 from .manifest import ExportFolderError, Manifest
@@ -73,10 +74,7 @@ def _build(trt, onnx_path, plan_path, profile, workspace_gib) -> None:
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
-    tmp = plan_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(plan)
-    os.replace(tmp, plan_path)
+    atomic_write(plan_path, lambda f: f.write(plan))   # a killed build leaves no half engine
 
 
 def profiles(config, max_batch: int, max_labels: int) -> dict[str, dict[str, tuple]]:

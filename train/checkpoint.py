@@ -24,7 +24,8 @@ import torch
 
 from xclip_engine.engine.atomic_file import atomic_write
 from xclip_engine.engine.checkpoint import CheckpointError, save_model
-from xclip_engine.engine.checkpoint.formats import FORMAT_NAME, FORMAT_VERSION, torch_load_weights
+from xclip_engine.engine.checkpoint.files import torch_load_weights
+from xclip_engine.engine.checkpoint.format_ours import FORMAT_NAME, FORMAT_VERSION
 
 CHECKPOINT_NAME = "last.pt"
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from xclip_engine.engine.atomic_file import atomic_write
+
 
 class ConfigError(ValueError):
     """A run config that cannot be used; the message names the key or file and what to do."""
@@ -242,8 +244,4 @@ def load_run_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
 
 
 def write_config(cfg: RunConfig, path: str) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: yaml.safe_dump(cfg.to_dict(), f, sort_keys=False), text=True)

@@ -22,7 +22,9 @@ from torch import distributed as dist
 from torch.utils.data import DataLoader
 
 from xclip_engine.engine.checkpoint import load_model
+from xclip_engine.engine.runtime.device import default_device
 from xclip_engine.engine.tokenizer import ClipTokenizer
+from xclip_engine.engine.video_transforms import average_views
 
 from .config import RunConfig
 from .data import ClipDataset, DataError, collate, few_shot_subset, read_labels, read_list, write_list
@@ -56,7 +58,7 @@ def evaluate_model(model, samples, labels: list[str], tokenizer: ClipTokenizer, 
         px = b["pixels"]                                                  # [B, V, T, 3, S, S]
         nb, nv = px.shape[:2]
         probs = model(px.flatten(0, 1).to(device), text).float().softmax(-1)   # [B*V, K]
-        probs = probs.view(nb, nv, -1).mean(1)                             # average of the views
+        probs = average_views(probs, [nv] * nb)                            # [B, K], mean of the views
         top = probs.topk(k5, dim=-1).indices.cpu()                         # [B, k]
         y = b["labels"]
         correct1 += int((top[:, 0] == y).sum())
@@ -80,7 +82,7 @@ def evaluate(source: str, list_path: str, labels_path: str, root: str | None = N
     loaded = load_model(source)
     labels = read_labels(labels_path)
     samples = read_list(list_path, len(labels), root, strict, report=report)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = default_device(device)
     model = loaded.model.to(dev).eval()
     tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
     res = evaluate_model(model, samples, labels, tokenizer, views=views, batch_size=batch_size, workers=workers,

@@ -1,4 +1,4 @@
-"""The synthetic "shapes" video data set (issue 3, item 5): classes, zero-shot hold-out, files.
+"""The synthetic "shapes" video data set: classes, zero-shot hold-out, files.
 
 Each class is colour x shape x motion, labelled "a red circle moving left"; clips are drawn and
 encoded by ``synthetic_render`` (which explains why no single frame tells the motion).

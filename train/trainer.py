@@ -17,12 +17,9 @@ update. Only rank 0 logs, writes metrics and saves checkpoints.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -40,68 +37,7 @@ from .config import ConfigError, RunConfig, write_config
 from .data import ClipDataset, DataError, EpochSampler, collate, read_labels, read_list
 from .evaluate import evaluate_model
 from .optim import build_optimizer, build_scheduler, freeze_text, mix_batch, soft_cross_entropy_sum, soft_targets
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    def all_sum(self, values: list[float]) -> list[float]:
-        if not self.active:
-            return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.tolist()
-
-
-def setup_distributed(device: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device = cuda but no CUDA GPU is visible; use train.device=cpu")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local_rank)
-    dev = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(int(os.environ.get("RANK", "0")), world, local_rank, dev)
-
-
-class RunLog:
-    """Log lines (stderr + RUN/train.log) and metrics rows (RUN/metrics.jsonl), rank 0 only."""
-
-    def __init__(self, out: str, d: Dist, quiet: bool = False):
-        self.out, self.d, self.quiet = out, d, quiet
-
-    def info(self, msg: str) -> None:
-        if self.d.rank != 0:
-            return
-        line = f"{time.strftime('%H:%M:%S')} {msg}"
-        if not self.quiet:
-            print(line, file=sys.stderr, flush=True)
-        with open(os.path.join(self.out, "train.log"), "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-    def warn(self, msg: str) -> None:
-        """Any rank: a skipped video is only seen by the process that read it."""
-        prefix = f"[rank {self.d.rank}] " if self.d.active else ""
-        print(f"warning: {prefix}{msg}", file=sys.stderr, flush=True)
-        if self.d.rank == 0:
-            with open(os.path.join(self.out, "train.log"), "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%H:%M:%S')} warning: {msg}\n")
-
-    def metrics(self, row: dict) -> None:
-        if self.d.rank == 0:
-            with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+from .run_env import Dist, RunLog, setup_distributed
 
 
 class TrainStep(nn.Module):
@@ -187,173 +123,220 @@ def run(cfg: RunConfig, resume: str | None = None, quiet: bool = False) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     try:
-        return _run(cfg, resume, d, quiet)
+        return _Training(cfg, resume, d, quiet).run()
     finally:
         torch.set_num_threads(threads)   # a run called from Python must not change its caller's setting
         if d.active and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _run(cfg: RunConfig, resume: str | None, d: Dist, quiet: bool) -> dict:
-    t, out = cfg.train, cfg.train.out
-    os.makedirs(out, exist_ok=True)
-    if d.rank == 0:
-        write_config(cfg, os.path.join(out, "config.yaml"))
-    log = RunLog(out, d, quiet)
-    state = ckpt.load_training_checkpoint(resume) if resume else None
+class _Training:
+    """One training run, in three parts: `__init__` sets everything up (data, model, optimizer,
+    the resumed state), `train_update` does one optimizer update over its micro-batches, and
+    `evaluate_and_save` validates and writes the checkpoint where the schedule says so. `run` is
+    the epoch loop over them."""
 
-    labels = read_labels(cfg.data.labels)
-    samples = read_list(cfg.data.train_list, len(labels), cfg.data.root, cfg.data.strict,
-                        report=log.warn if d.rank == 0 else None)
-    if state is not None and state["labels"] != labels:
-        raise CheckpointError(f"{state['path']}: trained on a different label set than {cfg.data.labels}")
-    model = build_model(cfg, state).to(d.device)
-    c = model.config
-    model.visual.gradient_checkpointing = cfg.model.gradient_checkpointing
-    if cfg.model.freeze_text:
-        freeze_text(model)
-    sampler = EpochSampler(len(samples), t.batch_size, t.accumulation_steps, d.rank, d.world, t.seed)
-    upe = sampler.updates_per_epoch
-    if upe == 0:
-        raise DataError(f"{cfg.data.train_list}: {len(samples)} usable videos do not fill one update of "
-                        f"{t.batch_size} clips x {t.accumulation_steps} accumulation steps x {d.world} "
-                        "process(es); lower train.batch_size or add videos")
-    total = t.epochs * upe
-    o = cfg.optim
-    optimizer = build_optimizer(model, o.lr, o.new_lr_mult, o.weight_decay, o.betas, o.eps)
-    scheduler = build_scheduler(optimizer, total, round(o.warmup_epochs * upe), o.min_lr_ratio)
-    amp = _autocast(t.amp, d.device)   # validates amp against the device before any work
-    scaler = None
-    if t.amp == "fp16":   # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range
-        scaler = torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler") else torch.cuda.amp.GradScaler()
-    step, epoch, pos, best = 0, 0, 0, {}
-    if state is not None:
-        tr = state["train"]
-        optimizer.load_state_dict(tr["optimizer"])
-        scheduler.load_state_dict(tr["scheduler"])
-        if scaler is not None and tr["scaler"]:
-            scaler.load_state_dict(tr["scaler"])
-        ckpt.set_rng_state(tr["rng"])
-        step, epoch, pos, best = tr["step"], tr["epoch"], tr["update_in_epoch"], dict(tr["best"])
-        log.info(f"resumed from {state['path']} at update {step} (epoch {epoch}, update {pos} of it)")
-        changed = _changed_settings(tr["run_config"], cfg.to_dict())
-        if changed:
-            log.warn(f"resuming with settings that differ from the checkpoint's run: {', '.join(changed)}; "
-                     "the learning-rate schedule continues as it was saved")
-    step_module = TrainStep(model, frozen_text=cfg.model.freeze_text)
-    if d.active:
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-    vocab = _vocab_dir(cfg.model.source)
-    tokenizer = ClipTokenizer.from_folder(vocab) if vocab else ClipTokenizer()
-    ids = tokenizer(labels, context_length=c.context_length).to(d.device)
-    dataset = ClipDataset(samples, c.num_frames, c.image_size, train=True, aug=cfg.data, seed=t.seed)
-    if cfg.data.cache:
-        t_cache = time.time()
-        nbytes = dataset.cache_frames(threads=max(1, cfg.data.workers))
-        log.info(f"data.cache: decoded {len(samples)} videos into memory ({nbytes / 2**30:.2f} GiB) "
-                 f"in {time.time() - t_cache:.0f} s")
-    mixing = t.mixup > 0 or t.cutmix > 0
-    ntrain = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(f"training {ntrain / 1e6:.2f} M parameters on {len(samples)} videos, {len(labels)} classes, "
-             f"{d.world} process(es) on {d.device}, global batch {t.batch_size * d.world * t.accumulation_steps}, "
-             f"{upe} updates per epoch, {total} in all; run folder {out}")
-
-    def save(next_epoch: int, next_pos: int) -> None:
+    def __init__(self, cfg: RunConfig, resume: str | None, d: Dist, quiet: bool):
+        t, out = cfg.train, cfg.train.out
+        self.cfg, self.d, self.out = cfg, d, out
+        os.makedirs(out, exist_ok=True)
         if d.rank == 0:
-            ckpt.save_training_checkpoint(os.path.join(out, ckpt.CHECKPOINT_NAME), model, labels, optimizer,
-                                          scheduler, scaler, step=step, epoch=next_epoch,
-                                          update_in_epoch=next_pos, run_config=cfg.to_dict(), best=best)
+            write_config(cfg, os.path.join(out, "config.yaml"))
+        self.log = log = RunLog(out, d, quiet)
+        state = ckpt.load_training_checkpoint(resume) if resume else None
 
-    reported: set = set()
-    window = {"loss": 0.0, "clips": 0, "skipped": 0, "t0": time.time()}
-    last_loss, stop = None, t.stop_at_step is not None and step >= t.stop_at_step
-    if stop:
-        log.info(f"already at update {step} (train.stop_at_step {t.stop_at_step}): nothing to train")
-    model.train()
-    while epoch < t.epochs and not stop:
-        sampler.set_epoch(epoch, pos)
-        # Cached clips need no decoding, and augmenting a cached clip is cheap: the main process does
-        # it. Forking workers over gigabytes of cached arrays stalled them (seen: a worker idle for
-        # minutes), and their copies would only compete with the model for the cores.
-        loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler,
-                            num_workers=0 if cfg.data.cache else cfg.data.workers,
-                            collate_fn=collate, pin_memory=d.device.type == "cuda")
-        batches = iter(loader)
-        for upd in range(pos, upe):
-            micro = [next(batches) for _ in range(t.accumulation_steps)]
-            for b in micro:
-                for index, err in b["failed"]:
-                    where = samples[index].where()
-                    if cfg.data.strict:
-                        raise DataError(f"{where}: {err} (--strict stops here; without it the video is skipped)")
-                    if where not in reported:
-                        reported.add(where)
-                        log.warn(f"skipped {where}: {err}")
-            local = sum(len(b["indices"]) for b in micro)
-            count = d.all_sum([local])[0]
-            for m, b in enumerate(micro):
-                sync = contextlib.nullcontext() if not d.active or m == len(micro) - 1 else step_module.no_sync()
-                if b["pixels"] is None:   # every clip of this micro-batch failed: keep DDP in step
-                    pixels = torch.zeros(1, c.num_frames, 3, c.image_size, c.image_size)
-                else:
-                    pixels = b["pixels"]
-                    targets = soft_targets(b["labels"], len(labels), t.label_smoothing)
-                    if mixing:
-                        rng = np.random.default_rng([t.seed, step, m, d.rank])
-                        pixels, targets = mix_batch(pixels, targets, rng, t.mixup, t.cutmix, t.mix_switch_prob)
-                with sync:
-                    with amp:
-                        logits = step_module(pixels.to(d.device, non_blocking=True), ids)
-                    if b["pixels"] is None:
-                        loss_sum = logits.float().sum() * 0.0
-                    else:
-                        loss_sum = soft_cross_entropy_sum(logits, targets.to(d.device))
-                    loss = loss_sum * (d.world / max(count, 1.0))
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                window["loss"] += float(loss_sum.detach())
-            window["clips"] += local
-            window["skipped"] += sum(len(b["failed"]) for b in micro)
-            if count > 0:
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+        self.labels = labels = read_labels(cfg.data.labels)
+        self.samples = samples = read_list(cfg.data.train_list, len(labels), cfg.data.root, cfg.data.strict,
+                                           report=log.warn if d.rank == 0 else None)
+        if state is not None and state["labels"] != labels:
+            raise CheckpointError(f"{state['path']}: trained on a different label set than {cfg.data.labels}")
+        self.model = model = build_model(cfg, state).to(d.device)
+        c = model.config
+        model.visual.gradient_checkpointing = cfg.model.gradient_checkpointing
+        if cfg.model.freeze_text:
+            freeze_text(model)
+        self.sampler = EpochSampler(len(samples), t.batch_size, t.accumulation_steps, d.rank, d.world, t.seed)
+        self.upe = upe = self.sampler.updates_per_epoch
+        if upe == 0:
+            raise DataError(f"{cfg.data.train_list}: {len(samples)} usable videos do not fill one update of "
+                            f"{t.batch_size} clips x {t.accumulation_steps} accumulation steps x {d.world} "
+                            "process(es); lower train.batch_size or add videos")
+        self.total = total = t.epochs * upe
+        o = cfg.optim
+        self.optimizer = build_optimizer(model, o.lr, o.new_lr_mult, o.weight_decay, o.betas, o.eps)
+        self.scheduler = build_scheduler(self.optimizer, total, round(o.warmup_epochs * upe), o.min_lr_ratio)
+        self.amp = _autocast(t.amp, d.device)   # validates amp against the device before any work
+        self.scaler = None
+        if t.amp == "fp16":   # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range
+            self.scaler = (torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler")
+                           else torch.cuda.amp.GradScaler())
+        self.step, self.epoch, self.pos, self.best = 0, 0, 0, {}
+        if state is not None:
+            self._restore(state)
+        self.step_module = TrainStep(model, frozen_text=cfg.model.freeze_text)
+        if d.active:
+            self.step_module = nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        self.vocab = _vocab_dir(cfg.model.source)
+        self.tokenizer = ClipTokenizer.from_folder(self.vocab) if self.vocab else ClipTokenizer()
+        self.ids = self.tokenizer(labels, context_length=c.context_length).to(d.device)
+        self.dataset = ClipDataset(samples, c.num_frames, c.image_size, train=True, aug=cfg.data, seed=t.seed)
+        if cfg.data.cache:
+            t_cache = time.time()
+            nbytes = self.dataset.cache_frames(threads=max(1, cfg.data.workers))
+            log.info(f"data.cache: decoded {len(samples)} videos into memory ({nbytes / 2**30:.2f} GiB) "
+                     f"in {time.time() - t_cache:.0f} s")
+        ntrain = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info(f"training {ntrain / 1e6:.2f} M parameters on {len(samples)} videos, {len(labels)} classes, "
+                 f"{d.world} process(es) on {d.device}, global batch {t.batch_size * d.world * t.accumulation_steps}, "
+                 f"{upe} updates per epoch, {total} in all; run folder {out}")
+        self.reported: set = set()
+        self.window = self._new_window()
+        self.last_loss = None
+
+    def _restore(self, state: dict) -> None:
+        """Optimizer, schedule, scaler, RNG and position from the checkpoint being resumed."""
+        tr = state["train"]
+        self.optimizer.load_state_dict(tr["optimizer"])
+        self.scheduler.load_state_dict(tr["scheduler"])
+        if self.scaler is not None and tr["scaler"]:
+            self.scaler.load_state_dict(tr["scaler"])
+        ckpt.set_rng_state(tr["rng"])
+        self.step, self.epoch, self.pos, self.best = tr["step"], tr["epoch"], tr["update_in_epoch"], dict(tr["best"])
+        self.log.info(f"resumed from {state['path']} at update {self.step} (epoch {self.epoch}, "
+                      f"update {self.pos} of it)")
+        changed = _changed_settings(tr["run_config"], self.cfg.to_dict())
+        if changed:
+            self.log.warn(f"resuming with settings that differ from the checkpoint's run: {', '.join(changed)}; "
+                          "the learning-rate schedule continues as it was saved")
+
+    @staticmethod
+    def _new_window() -> dict:
+        return {"loss": 0.0, "clips": 0, "skipped": 0, "t0": time.time()}
+
+    def _stop_reached(self) -> bool:
+        return self.cfg.train.stop_at_step is not None and self.step >= self.cfg.train.stop_at_step
+
+    def run(self) -> dict:
+        t, cfg = self.cfg.train, self.cfg
+        stop = self._stop_reached()
+        if stop:
+            self.log.info(f"already at update {self.step} (train.stop_at_step {t.stop_at_step}): nothing to train")
+        self.model.train()
+        while self.epoch < t.epochs and not stop:
+            self.sampler.set_epoch(self.epoch, self.pos)
+            # Cached clips need no decoding, and augmenting a cached clip is cheap: the main process does
+            # it. Forking workers over gigabytes of cached arrays stalled them (seen: a worker idle for
+            # minutes), and their copies would only compete with the model for the cores.
+            loader = DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
+                                num_workers=0 if cfg.data.cache else cfg.data.workers,
+                                collate_fn=collate, pin_memory=self.d.device.type == "cuda")
+            batches = iter(loader)
+            for upd in range(self.pos, self.upe):
+                self.train_update(batches)
+                done_epoch = upd + 1 == self.upe
+                stop = self._stop_reached()
+                if self.step % t.log_every == 0 or done_epoch or stop:
+                    self._log_window(upd)
+                if stop or done_epoch or (t.save_every and self.step % t.save_every == 0):
+                    self.evaluate_and_save(upd, done_epoch)
+                if stop:
+                    break
+            del batches, loader
+            self.epoch, self.pos = self.epoch + 1, 0
+        return self._finish()
+
+    def train_update(self, batches) -> None:
+        """One optimizer update: accumulation_steps micro-batches from `batches`, the loss of each
+        normalised by the clips of the whole global window, then the optimizer and schedule step."""
+        t, d, c = self.cfg.train, self.d, self.model.config
+        micro = [next(batches) for _ in range(t.accumulation_steps)]
+        self._report_failures(micro)
+        local = sum(len(b["indices"]) for b in micro)
+        count = d.all_sum([local])[0]
+        for m, b in enumerate(micro):
+            sync = contextlib.nullcontext() if not d.active or m == len(micro) - 1 else self.step_module.no_sync()
+            if b["pixels"] is None:   # every clip of this micro-batch failed: keep DDP in step
+                pixels = torch.zeros(1, c.num_frames, 3, c.image_size, c.image_size)
             else:
-                log.warn(f"update {step}: every clip of the global batch failed to decode; update skipped")
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            done_epoch = upd + 1 == upe
-            stop = t.stop_at_step is not None and step >= t.stop_at_step
-            if step % t.log_every == 0 or done_epoch or stop:
-                loss_total, clips, skipped = d.all_sum([window["loss"], window["clips"], window["skipped"]])
-                elapsed = max(time.time() - window["t0"], 1e-9)
-                last_loss = loss_total / max(clips, 1)
-                lrs = {g["group"]: g["lr"] for g in optimizer.param_groups}
-                row = {"step": step, "epoch": epoch + (upd + 1) / upe, "loss": last_loss,
-                       "lr": lrs.get("clip", lrs.get("clip_no_decay")),
-                       "lr_new": lrs.get("new", lrs.get("new_no_decay")),
-                       "clips_per_s": clips / elapsed, "skipped": int(skipped), "time": time.time()}
-                log.metrics(row)
-                log.info(f"step {step}/{total} epoch {epoch} loss {last_loss:.4f} lr {row['lr'] or 0:.3g} "
-                         f"clips/s {row['clips_per_s']:.1f}" + (f" skipped {int(skipped)}" if skipped else ""))
-                window = {"loss": 0.0, "clips": 0, "skipped": 0, "t0": time.time()}
-            nxt = (epoch + 1, 0) if done_epoch else (epoch, upd + 1)
-            if stop or done_epoch or (t.save_every and step % t.save_every == 0):
-                if done_epoch and cfg.data.val_list and ((epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs):
-                    best = _validate(cfg, model, labels, tokenizer, d, log, step, epoch, best)
-                save(*nxt)
-            if stop:
-                break
-        del batches, loader
-        epoch, pos = epoch + 1, 0
-    model_dir = os.path.join(out, "model")
-    if d.rank == 0:
-        ckpt.export_model(model, model_dir, labels, vocab, trained_steps=step, run_folder=out)
-        log.info(f"model saved to {model_dir} (xe.load({model_dir!r}))")
-    return {"step": step, "loss": last_loss, "out": out, "model_dir": model_dir, "best": best}
+                pixels = b["pixels"]
+                targets = soft_targets(b["labels"], len(self.labels), t.label_smoothing)
+                if t.mixup > 0 or t.cutmix > 0:
+                    rng = np.random.default_rng([t.seed, self.step, m, d.rank])
+                    pixels, targets = mix_batch(pixels, targets, rng, t.mixup, t.cutmix, t.mix_switch_prob)
+            with sync:
+                with self.amp:
+                    logits = self.step_module(pixels.to(d.device, non_blocking=True), self.ids)
+                if b["pixels"] is None:
+                    loss_sum = logits.float().sum() * 0.0
+                else:
+                    loss_sum = soft_cross_entropy_sum(logits, targets.to(d.device))
+                loss = loss_sum * (d.world / max(count, 1.0))
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            self.window["loss"] += float(loss_sum.detach())
+        self.window["clips"] += local
+        self.window["skipped"] += sum(len(b["failed"]) for b in micro)
+        if count > 0:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        else:
+            self.log.warn(f"update {self.step}: every clip of the global batch failed to decode; update skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+
+    def _report_failures(self, micro: list) -> None:
+        for b in micro:
+            for index, err in b["failed"]:
+                where = self.samples[index].where()
+                if self.cfg.data.strict:
+                    raise DataError(f"{where}: {err} (--strict stops here; without it the video is skipped)")
+                if where not in self.reported:
+                    self.reported.add(where)
+                    self.log.warn(f"skipped {where}: {err}")
+
+    def _log_window(self, upd: int) -> None:
+        """The mean loss and speed since the last row, summed over the processes."""
+        loss_total, clips, skipped = self.d.all_sum([self.window["loss"], self.window["clips"],
+                                                     self.window["skipped"]])
+        elapsed = max(time.time() - self.window["t0"], 1e-9)
+        self.last_loss = loss_total / max(clips, 1)
+        lrs = {g["group"]: g["lr"] for g in self.optimizer.param_groups}
+        row = {"step": self.step, "epoch": self.epoch + (upd + 1) / self.upe, "loss": self.last_loss,
+               "lr": lrs.get("clip", lrs.get("clip_no_decay")),
+               "lr_new": lrs.get("new", lrs.get("new_no_decay")),
+               "clips_per_s": clips / elapsed, "skipped": int(skipped), "time": time.time()}
+        self.log.metrics(row)
+        self.log.info(f"step {self.step}/{self.total} epoch {self.epoch} loss {self.last_loss:.4f} "
+                      f"lr {row['lr'] or 0:.3g} clips/s {row['clips_per_s']:.1f}"
+                      + (f" skipped {int(skipped)}" if skipped else ""))
+        self.window = self._new_window()
+
+    def evaluate_and_save(self, upd: int, done_epoch: bool) -> None:
+        """At an epoch's end validate (when a val list is set and eval_every says so), then write
+        the checkpoint that resumes after update `upd` (rank 0)."""
+        t, cfg = self.cfg.train, self.cfg
+        if done_epoch and cfg.data.val_list and ((self.epoch + 1) % t.eval_every == 0 or self.epoch + 1 == t.epochs):
+            self.best = _validate(cfg, self.model, self.labels, self.tokenizer, self.d, self.log, self.step,
+                                  self.epoch, self.best)
+        next_epoch, next_pos = (self.epoch + 1, 0) if done_epoch else (self.epoch, upd + 1)
+        if self.d.rank == 0:
+            ckpt.save_training_checkpoint(os.path.join(self.out, ckpt.CHECKPOINT_NAME), self.model, self.labels,
+                                          self.optimizer, self.scheduler, self.scaler, step=self.step,
+                                          epoch=next_epoch, update_in_epoch=next_pos,
+                                          run_config=cfg.to_dict(), best=self.best)
+
+    def _finish(self) -> dict:
+        model_dir = os.path.join(self.out, "model")
+        if self.d.rank == 0:
+            ckpt.export_model(self.model, model_dir, self.labels, self.vocab, trained_steps=self.step,
+                              run_folder=self.out)
+            self.log.info(f"model saved to {model_dir} (xe.load({model_dir!r}))")
+        return {"step": self.step, "loss": self.last_loss, "out": self.out, "model_dir": model_dir,
+                "best": self.best}
 
 
 def _changed_settings(saved: dict, now: dict) -> list[str]:

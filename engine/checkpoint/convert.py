@@ -81,3 +81,8 @@ def convert_state_dict(source: dict, target: dict, table: dict, drop=(), origin:
             f"{origin} does not fit the model configuration:\n" + "\n".join(problems)
             + "\nCheck that the checkpoint is an X-CLIP model of this architecture (--arch / config.json).")
     return out
+
+
+def identity_table(target: dict) -> dict:
+    """The key table of a checkpoint already in our layout: every parameter from its own name."""
+    return {p: p for p in {_pattern(k)[0] for k in target}}

@@ -60,33 +60,6 @@ def test_auto_uses_dali_for_vp9_on_cpu(clips, monkeypatch):
     assert decoders.choose_decoder(clips["h264"]) == "pyav"
 
 
-def test_iter_clips_keeps_order_and_reports_each_error(clips, tmp_path):
-    from xclip_engine.engine.dali_pipeline import iter_clips
-
-    paths = [clips["vp9"], str(tmp_path / "missing.webm"), clips["mjpeg"], clips["h264"], clips["vp9"]]
-    out = list(iter_clips(paths, 4, 32, device="cpu", batch_size=2))
-    assert [p for p, _, _ in out] == paths
-    ok = [c for _, c, e in out if e is None]
-    assert len(ok) == 3 and all(c.shape == (1, 4, 3, 32, 32) for c in ok)
-    np.testing.assert_array_equal(out[0][1], out[4][1])
-    assert "file not found" in out[1][2]
-    assert "codec is h264" in out[3][2] and "--decoder pyav" in out[3][2]
-
-
-def test_iter_clips_survives_a_file_dali_cannot_decode(clips, tmp_path):
-    # an MJPEG stream whose packets are random bytes: PyAV indexes it, DALI's decoder fails
-    from video_factory import write_junk_video
-
-    from xclip_engine.engine.dali_pipeline import iter_clips
-
-    junk = write_junk_video(tmp_path / "junk.mkv")
-    paths = [clips["vp9"], junk, clips["vp9"]]
-    out = list(iter_clips(paths, 4, 32, device="cpu", batch_size=3))
-    assert [p for p, _, _ in out] == paths
-    assert out[0][2] is None and out[2][2] is None
-    assert out[1][1] is None and "junk.mkv" in out[1][2]
-
-
 def test_read_index_clips_explicit_windows(clips):
     from xclip_engine.engine.dali_pipeline import decode_frames_dali, read_index_clips
 
@@ -100,12 +73,11 @@ def test_read_index_clips_explicit_windows(clips):
 
 @pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU (DALI's mixed decoder, NVDEC)")
 def test_dali_gpu_h264_close_to_pyav(clips):
-    from xclip_engine.engine.dali_pipeline import decode_frames_dali, iter_clips
+    from xclip_engine.engine.dali_pipeline import decode_frames_dali, read_clip_dali
 
     indices = sample_indices(40, 8)
     assert [decode_index(f) for f in decode_frames_dali(clips["h264"], indices, device="cuda")] == indices
-    (path, clip, err), = iter_clips([clips["h264"]], 8, 32, device="cuda")
-    assert err is None
+    clip = read_clip_dali(clips["h264"], 8, 32, device="cuda")
     assert float(np.abs(clip - read_video(clips["h264"], 8, 32)).mean()) < MAX_MEAN_ABS_DIFF
 
 

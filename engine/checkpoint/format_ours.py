@@ -1,0 +1,99 @@
+"""Our format: a folder with xclip_engine.json + model.safetensors, one .safetensors file whose
+metadata carries the same JSON, or a trainer checkpoint (train/checkpoint.py: a torch file with
+the same fields plus the training state). Keys are our own: no conversion table."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..atomic_file import atomic_write, write_via_temp
+from ..config import XCLIPConfig
+from .convert import CheckpointError
+from .files import read_safetensors
+from .loaded import Loaded, Source, build_xclip
+
+FORMAT_NAME = "xclip-engine"
+FORMAT_VERSION = 1
+OUR_JSON = "xclip_engine.json"
+WEIGHTS = "model.safetensors"
+SHIPPED_MODE = 0o644   # safetensors creates 0600 files; a shipped model must be readable by all
+
+
+# ---- detectors and readers (detect.py orders them) ---------------------------------------------
+def is_ours_folder(source: Source) -> bool:
+    return source.has(OUR_JSON)
+
+
+def read_ours_folder(source: Source, arch: str | None) -> Loaded:
+    meta_path = source.file(OUR_JSON)
+    with open(meta_path, encoding="utf-8") as f:
+        config, meta = parse_our_meta(json.load(f), meta_path)
+    weights = source.file(WEIGHTS)
+    if not os.path.isfile(weights):
+        raise CheckpointError(f"{source.path}: has {OUR_JSON} but no {WEIGHTS} (an interrupted copy?)")
+    tensors, _ = read_safetensors(weights)
+    return Loaded(build_xclip(config, tensors, weights), "xclip-engine", source.path, source.vocab_dir(),
+                  meta.get("labels"), meta)
+
+
+def is_safetensors_file(source: Source) -> bool:
+    return not source.is_dir and source.path.endswith(".safetensors")
+
+
+def read_ours_safetensors(source: Source, arch: str | None) -> Loaded:
+    path = source.path
+    tensors, meta = read_safetensors(path)
+    if "xclip_engine" not in meta:
+        raise CheckpointError(f"{path}: a safetensors file without xclip-engine metadata; for a "
+                              "transformers checkpoint pass the folder that holds config.json")
+    config, info = parse_our_meta(json.loads(meta["xclip_engine"]), path)
+    return Loaded(build_xclip(config, tensors, path), "xclip-engine", path, None, info.get("labels"), info)
+
+
+def is_trainer_checkpoint(source: Source) -> bool:
+    if source.is_dir:
+        return False
+    obj = source.torch_object()
+    return isinstance(obj, dict) and obj.get("format") == FORMAT_NAME
+
+
+def read_trainer_checkpoint(source: Source, arch: str | None) -> Loaded:
+    path = source.path
+    obj = source.torch_object()
+    config, info = parse_our_meta(obj, path)
+    return Loaded(build_xclip(config, obj["model"], path), "xclip-engine", path, None, info.get("labels"),
+                  {k: v for k, v in info.items() if k != "model"})
+
+
+# ---- metadata and saving -----------------------------------------------------------------------
+def parse_our_meta(meta: dict, origin: str) -> tuple[XCLIPConfig, dict]:
+    if meta.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{origin}: not an {FORMAT_NAME} checkpoint (format={meta.get('format')!r})")
+    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+        raise CheckpointError(f"{origin}: written by a newer xclip-engine (format_version "
+                              f"{meta.get('format_version')} > {FORMAT_VERSION}); upgrade xclip-engine")
+    try:
+        return XCLIPConfig.from_dict(meta["config"]), meta
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{origin}: bad config in the checkpoint's metadata ({e})") from None
+
+
+def save_ours(state_dict: dict, config: XCLIPConfig, path: str, **extra) -> str:
+    """Write our format: a folder (model.safetensors + xclip_engine.json) or one .safetensors file.
+
+    Each file is written to a temporary name and renamed (engine/atomic_file.py), so an interrupted
+    save never leaves half a file; in a folder the JSON comes last.
+    """
+    from safetensors.torch import save_file
+
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_dict(), **extra}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    if path.endswith(".safetensors"):
+        write_via_temp(path, lambda tmp: save_file(tensors, tmp, metadata={"xclip_engine": json.dumps(meta)}),
+                       mode=SHIPPED_MODE)
+        return path
+    os.makedirs(path, exist_ok=True)
+    write_via_temp(os.path.join(path, WEIGHTS), lambda tmp: save_file(tensors, tmp), mode=SHIPPED_MODE)
+    atomic_write(os.path.join(path, OUR_JSON), lambda f: json.dump(meta, f, indent=2), text=True)
+    return path
