@@ -13,6 +13,8 @@ SUBPACKAGES = {
     "xclip_engine.engine.model": "engine/model",
     "xclip_engine.engine.checkpoint": "engine/checkpoint",
     "xclip_engine.engine.runtime": "engine/runtime",
+    "xclip_engine.engine.video": "engine/video",
+    "xclip_engine.engine.io": "engine/io",
     "xclip_engine.kernels": "kernels",
     "xclip_engine.export": "export",
     "xclip_engine.train": "train",

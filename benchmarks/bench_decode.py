@@ -10,7 +10,7 @@ Compared, on the same files and frame indices:
 * decord / torchcodec: ``VideoReader.get_batch`` / ``VideoDecoder.get_frames_at`` where they are
   installed and load (benchmark-only extras: ``pip install eva-decord torchcodec``);
 * dali (CPU): only for the VP9 copy of the short clip, as DALI's CPU decoder cannot read H.264.
-All paths then run the same preprocessing (``video_transforms.preprocess``) except DALI, which
+All paths then run the same preprocessing (``engine.video.transforms.preprocess``) except DALI, which
 does its own.
 
 The clips are generated once with PyAV (libx264 with its default options, 30 fps) into
@@ -83,8 +83,8 @@ def baseline(path: str) -> np.ndarray:
     """What a user writes without an index: decode every frame, keep the sampled ones."""
     import av
 
-    from xclip_engine.engine.video_sampling import sample_indices
-    from xclip_engine.engine.video_transforms import preprocess
+    from xclip_engine.engine.video.sampling import sample_indices
+    from xclip_engine.engine.video.transforms import preprocess
 
     with av.open(path) as c:
         s = c.streams.video[0]
@@ -101,38 +101,38 @@ def baseline(path: str) -> np.ndarray:
 
 
 def frames_decoded(path: str, skip: bool) -> int:
-    from xclip_engine.engine import video
+    from xclip_engine.engine.video import reader as video
 
     stats = video.DecodeStats()
-    keep = video._Video._skip_unkept
+    keep = video.VideoFile._skip_unkept
     if not skip:
-        video._Video._skip_unkept = lambda self, packets, wanted_pts: packets
+        video.VideoFile._skip_unkept = lambda self, packets, wanted_pts: packets
     try:
         video.read_video(path, T, SIZE, stats=stats)
     finally:
-        video._Video._skip_unkept = keep
+        video.VideoFile._skip_unkept = keep
     return stats.frames_decoded
 
 
 def no_skip_reader():
     """Ours with the non-reference-frame skipping switched off: what that optimization buys."""
-    from xclip_engine.engine import video
+    from xclip_engine.engine.video import reader as video
 
     def read(path):
-        keep = video._Video._skip_unkept
-        video._Video._skip_unkept = lambda self, packets, wanted_pts: packets
+        keep = video.VideoFile._skip_unkept
+        video.VideoFile._skip_unkept = lambda self, packets, wanted_pts: packets
         try:
             return video.read_video(path, T, SIZE)
         finally:
-            video._Video._skip_unkept = keep
+            video.VideoFile._skip_unkept = keep
     return read
 
 
 def decord_reader():
     import decord
 
-    from xclip_engine.engine.video_sampling import sample_indices
-    from xclip_engine.engine.video_transforms import preprocess
+    from xclip_engine.engine.video.sampling import sample_indices
+    from xclip_engine.engine.video.transforms import preprocess
 
     def read(path):
         vr = decord.VideoReader(path, num_threads=0)
@@ -144,8 +144,8 @@ def decord_reader():
 def torchcodec_reader():
     from torchcodec.decoders import VideoDecoder
 
-    from xclip_engine.engine.video_sampling import sample_indices
-    from xclip_engine.engine.video_transforms import preprocess
+    from xclip_engine.engine.video.sampling import sample_indices
+    from xclip_engine.engine.video.transforms import preprocess
 
     def read(path):
         dec = VideoDecoder(path, dimension_order="NHWC", seek_mode="exact")
@@ -174,8 +174,8 @@ def main(argv=None):
     p.add_argument("--only", default="", help="run only the clips whose name contains this text")
     args = p.parse_args(argv)
 
-    from xclip_engine.engine.decoders import dali_installed, read_clip
-    from xclip_engine.engine.video import read_video
+    from xclip_engine.engine.video.decoders import dali_installed, read_clip
+    from xclip_engine.engine.video.reader import read_video
 
     cache = os.path.join(args.out, "decode_cache")
     os.makedirs(cache, exist_ok=True)

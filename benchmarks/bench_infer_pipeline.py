@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import write_report  # noqa: E402
 
 import xclip_engine as xe  # noqa: E402
-from xclip_engine.engine.decoders import read_clip  # noqa: E402
-from xclip_engine.engine.video import read_frames, sample_indices  # noqa: E402
-from xclip_engine.engine.video_transforms import preprocess  # noqa: E402
+from xclip_engine.engine.video.decoders import read_clip  # noqa: E402
+from xclip_engine.engine.video.reader import read_frames, sample_indices  # noqa: E402
+from xclip_engine.engine.video.transforms import preprocess  # noqa: E402
 
 LABELS = ["cooking", "dancing", "surfing", "juggling", "knitting", "running", "swimming", "reading",
           "painting", "singing", "cycling", "skiing", "typing", "boxing", "diving", "rowing"]

@@ -180,7 +180,7 @@ def _one_line(rec) -> str:
 
 
 def describe_machine() -> dict:
-    from xclip_engine.engine.fast_cpu import has_amx_bf16
+    from xclip_engine.engine.runtime.bf16 import has_amx_bf16
 
     cpu = platform.processor() or platform.machine()
     try:

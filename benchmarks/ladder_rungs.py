@@ -28,7 +28,7 @@ RUNGS = {
     "ours_fp32_video": "ours, reference fp32 video tower alone (encode_video, no labels)",
     "ours_fp32_compile": "ours, reference fp32 under torch.compile",
     "ours_autocast_bf16": "ours, fp32 weights under torch.autocast(bf16)",
-    "ours_bf16": "ours, reference backend bf16 (engine/fast_cpu.py)",
+    "ours_bf16": "ours, reference backend bf16 (engine/runtime/bf16.py)",
     "ours_bf16_compile": "ours, bf16 under torch.compile",
     "ort_fp32": "ours, exported graphs in ONNX Runtime fp32",
     "ort_int8": "ours, exported graphs in ONNX Runtime int8 (dynamic quantization)",

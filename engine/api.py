@@ -18,15 +18,14 @@ import torch
 
 from .checkpoint import load_model
 from .decode_ahead import classify_stream
-from .labels import check_labels
+from .io.labels import check_labels
+from .io.results import Prediction  # noqa: F401  (xe.Prediction, the result type, is importable from here)
 from .model import XCLIP
-from .results import Prediction  # noqa: F401  (xe.Prediction, the result type, is importable from here)
 from .runtime.device import default_device
 from .tokenizer import ClipTokenizer
 
 BACKENDS = ("reference", "triton", "onnxruntime", "tensorrt")
 
-_default_device = default_device   # the old private name: export/runtime.py still imports it
 
 
 class Model:
@@ -40,7 +39,7 @@ class Model:
         self.device = default_device(device)
         # `net` is the reference XCLIP (any ops backend) or a runtime with the same four calls
         # (encode_text, encode_video, video_features, __call__) and .config: ONNX Runtime, TensorRT.
-        # No process-wide settings here (malloc tuning is the CLI's: engine/cpu_memory.py).
+        # No process-wide settings here (malloc tuning is the CLI's: engine/runtime/cpu_memory.py).
         self.net = net.to(self.device).eval() if isinstance(net, torch.nn.Module) else net
         self.tokenizer = tokenizer
         self.labels = list(labels) if labels else None    # the label set a fine-tuned model came with
@@ -114,7 +113,7 @@ class Model:
         Decoding is pipelined (engine/decode_ahead.py): `workers` threads decode ahead of the
         model, at most `prefetch` videos beyond the batch being scored (default batch_size +
         workers), so memory stays flat however many paths there are; `paths` may be any
-        iterable, read lazily. `decoder` (auto | dali | pyav) goes to engine.decoders.read_clip.
+        iterable, read lazily. `decoder` (auto | dali | pyav) goes to engine.video.decoders.read_clip.
         `timings`, a dict, gets decode_s (summed over workers), wait_s (the model waiting for
         decoded videos), model_s and videos added to it: where the time went.
         """
@@ -142,7 +141,7 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
     on a CPU, reference and Triton on a GPU; an export folder's checked precisions) and caches the
     verdict (engine/runtime/choice.py); `model.backend_note` says which and why, `model.choice`
     holds the measurements. `precision`: fp32 | fp16 | int8 picks the graphs of an export folder;
-    for the reference backend fp32 (default) or bf16 (engine/fast_cpu.py)."""
+    for the reference backend fp32 (default) or bf16 (engine/runtime/bf16.py)."""
     if source is None:
         source = default_model_path()
     if backend not in ("auto",) + BACKENDS:
@@ -190,7 +189,7 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
                                       f"({e}); use backend='reference'") from None
         net.use_ops(triton_ops(device))
     if precision == "bf16" and choice is None:
-        from .fast_cpu import to_bf16
+        from .runtime.bf16 import to_bf16
 
         to_bf16(net.eval())
     tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()

@@ -24,9 +24,9 @@ def _usage_error(msg: str):
 def main():
     """X-CLIP video recognition: classify videos with your own labels."""
     # A process-wide setting, so the command line makes it for its own process and the library
-    # never does: glibc malloc keeps freed memory for the next forward (engine/cpu_memory.py;
+    # never does: glibc malloc keeps freed memory for the next forward (engine/runtime/cpu_memory.py;
     # XCLIP_ENGINE_SYSTEM_MALLOC=1 opts out). Every command but `models` runs models on tensors.
-    from . import cpu_memory
+    from .runtime import cpu_memory
 
     cpu_memory.keep_freed_memory()
 
@@ -126,10 +126,10 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
     """
     from .api import load
     from .checkpoint import CheckpointError
-    from .decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed
-    from .labels import load_labels, parse_labels
+    from .io.labels import load_labels, parse_labels
+    from .io.results import ResultsFileError, ShardError, parse_shard, shard_from_env
     from .pipeline import infer
-    from .results import ResultsFileError, ShardError, parse_shard, shard_from_env
+    from .video.decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed
 
     fmt = "jsonl" if fmt == "json" else fmt   # one format, two names (json was always JSON lines)
     if window is None and (stride is not None or plot is not None):

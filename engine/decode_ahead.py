@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .labels import check_labels
-from .results import Prediction
-from .video import VideoError, parse_views
-from .video_transforms import average_views
+from .io.labels import check_labels
+from .io.results import Prediction
+from .video.reader import VideoError, parse_views
+from .video.transforms import average_views
 
-DECODERS = ("auto", "dali", "pyav")   # engine.decoders.read_clip: DALI on a GPU where it can, else PyAV
+DECODERS = ("auto", "dali", "pyav")   # engine.video.decoders.read_clip: DALI on a GPU where it can, else PyAV
 
 
 def check_decode_args(topk: int = 5, views: str = "1x1", batch_size: int = 8, workers: int = 2,
@@ -38,7 +38,7 @@ def check_decode_args(topk: int = 5, views: str = "1x1", batch_size: int = 8, wo
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r} is not one of {', '.join(DECODERS)}")
     parse_views(views)
-    from .decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed
+    from .video.decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed
 
     if decoder == "dali" and not dali_installed():
         # the environment's problem, not each video's: say it once instead of failing every input
@@ -80,8 +80,8 @@ def classify_stream(model, paths, labels=None, topk: int = 5, views: str = "1x1"
 
 
 def _run(paths, read_args, score, batch_size, workers, limit, clock):
-    # looked up per call, not imported once: tests replace engine.decoders.read_clip by a fake
-    from . import decoders
+    # looked up per call, not imported once: tests replace engine.video.decoders.read_clip by a fake
+    from .video import decoders
 
     read_clip, fatal = decoders.read_clip, decoders.DecoderUnavailableError
     lock = threading.Lock()   # the workers add up their decode times in one dict

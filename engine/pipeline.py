@@ -4,12 +4,12 @@
         print(row["path"], row["top"][0] if row["top"] else row["error"])
 
 The CLI (`xclip-engine infer`) is a thin caller of it, and so is anything else that serves
-results (a batch runner, a server): one place decides which inputs are read (engine/inputs.py),
-which shard and what a resumed run skips (engine/results.py), how videos are decoded and scored
-(engine/decode_ahead.py) or windowed (engine/timeline.py), and how rows are written.
+results (a batch runner, a server): one place decides which inputs are read (engine/io/inputs.py),
+which shard and what a resumed run skips (engine/io/results.py), how videos are decoded and scored
+(engine/decode_ahead.py) or windowed (engine/video/timeline.py), and how rows are written.
 
 Rows are dicts: `{"path", "top": [{"label", "score"}], "error"}`, or with `window` a timeline
-(engine/timeline.py) with its "path" and "error". Every input gets exactly one row, in sorted path
+(engine/video/timeline.py) with its "path" and "error". Every input gets exactly one row, in sorted path
 order; a failing input gets its error and the others are still answered.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 
-from .results import FORMATS, parse_shard, read_for_resume, row_writer, shard_output_path, take_shard
+from .io.results import FORMATS, parse_shard, read_for_resume, row_writer, shard_output_path, take_shard
 
 
 def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str = "1x1", window: float | None = None,
@@ -33,7 +33,7 @@ def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str = "1x1",
     labels: a list of label strings; None: the model's own label set.
     topk, views ("1x1" | "4x3"), batch_size, workers (decode threads), decoder (auto | dali | pyav):
         as `Model.classify_iter`. glob: file name patterns a folder's files must match (default:
-        video extensions; engine/inputs.py).
+        video extensions; engine/io/inputs.py).
     window, stride: seconds; classify windows along each video instead (one timeline row per
         video, one view per window). plot: with window, draw each timeline to this PNG (several
         videos: FILE.<video name>.png).
@@ -45,7 +45,7 @@ def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str = "1x1",
         with N > 1 the output path gets .shard-I-of-N before its extension. None: every input.
         Unlike the CLI, the API does not read torchrun's RANK/WORLD_SIZE by itself (a library call
         in one rank of a job must not silently answer a part): pass
-        `shard=engine.results.shard_from_env()` for that.
+        `shard=engine.io.results.shard_from_env()` for that.
 
     Bad arguments raise at once (ValueError; ShardError and ResultsFileError are ValueErrors);
     decoding and scoring start on the first `next()`. The returned generator also tells what it
@@ -75,10 +75,10 @@ def _check_window(window, stride, views, fmt, plot):
         if stride is not None or plot is not None:
             raise ValueError("stride and plot go with window (seconds)")
         return None, None
-    from .timeline import _check_seconds
+    from .video.timeline import check_seconds
 
-    window = _check_seconds("window", window)
-    stride = window if stride is None else _check_seconds("stride", stride)
+    window = check_seconds("window", window)
+    stride = window if stride is None else check_seconds("stride", stride)
     if fmt != "jsonl":
         raise ValueError(f"window writes one JSON line (a timeline) per video: use fmt 'jsonl', not {fmt!r}")
     if views != "1x1":
@@ -97,7 +97,7 @@ class Inference(Generator):
     def __init__(self, inputs, model, labels, *, topk, views, window, stride, output, fmt, resume, shard,
                  batch_size, workers, decoder, backend, precision, device, glob, plot):
         from .decode_ahead import check_decode_args, model_labels
-        from .inputs import discover_inputs
+        from .io.inputs import discover_inputs
 
         fmt = "jsonl" if fmt == "json" else fmt   # one format, two names
         if fmt not in FORMATS:
@@ -153,13 +153,13 @@ class Inference(Generator):
     def _answers(self):
         a = self._args
         if self.window is not None:
-            from .timeline import timeline_rows
+            from .video.timeline import timeline_rows
 
             yield from timeline_rows(self.model, self.todo, self._errors, self.labels, self.window, self.stride,
                                      a["topk"], a["decoder"], self._plot)
             return
         from .decode_ahead import classify_stream
-        from .results import Prediction
+        from .io.results import Prediction
 
         known = self._errors
         decoded = classify_stream(self.model, (p for p in self.todo if p not in known), self.labels,

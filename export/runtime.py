@@ -12,7 +12,8 @@ import os
 
 import torch
 
-from xclip_engine.engine.api import Model, _default_device
+from xclip_engine.engine.api import Model
+from xclip_engine.engine.runtime.device import default_device
 from xclip_engine.engine.tokenizer import ClipTokenizer
 
 from .manifest import PRECISIONS, ExportFolderError, read_manifest
@@ -40,7 +41,7 @@ def load_runtime(source, backend: str = "onnxruntime", device=None, precision: s
             raise ExportFolderError(f"{folder}: {name} (the tokenizer vocabulary) is missing: a partial copy; "
                                     "copy the whole folder again or re-export it")
     tokenizer = ClipTokenizer.from_folder(folder)
-    dev = _default_device(device)
+    dev = default_device(device)
     if backend == "tensorrt":
         if precision not in (None, "fp16"):
             raise ValueError(f"backend 'tensorrt' runs the fp16 engine of the folder, not {precision}")

@@ -23,7 +23,7 @@ _EXPORTS = {
     "load": "engine.api", "Model": "engine.api", "Prediction": "engine.api", "infer": "engine.pipeline",
     "CheckpointError": "engine.checkpoint", "save_model": "engine.checkpoint",
     "XCLIPConfig": "engine.config", "get_config": "engine.config", "list_models": "engine.config",
-    "load_labels": "engine.labels",
+    "load_labels": "engine.io.labels",
     "VideoError": "engine.video", "read_video": "engine.video",
 }
 __all__ = sorted(_EXPORTS)

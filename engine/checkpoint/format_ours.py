@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 
-from ..atomic_file import atomic_write, write_via_temp
 from ..config import XCLIPConfig
+from ..io.atomic import atomic_write, write_via_temp
 from .convert import CheckpointError
 from .files import read_safetensors
 from .loaded import Loaded, Source, build_xclip
@@ -82,7 +82,7 @@ def parse_our_meta(meta: dict, origin: str) -> tuple[XCLIPConfig, dict]:
 def save_ours(state_dict: dict, config: XCLIPConfig, path: str, **extra) -> str:
     """Write our format: a folder (model.safetensors + xclip_engine.json) or one .safetensors file.
 
-    Each file is written to a temporary name and renamed (engine/atomic_file.py), so an interrupted
+    Each file is written to a temporary name and renamed (engine/io/atomic.py), so an interrupted
     save never leaves half a file; in a folder the JSON comes last.
     """
     from safetensors.torch import save_file

@@ -102,7 +102,7 @@ def read_verdict(fp: dict) -> dict | None:
 def write_verdict(fp: dict, verdict: dict) -> str | None:
     """Store `verdict` for `fp`; returns the file, or None when the folder is not writable (the
     verdict then lives for this process only: measuring again next time is the only cost)."""
-    from ..atomic_file import atomic_write
+    from ..io.atomic import atomic_write
 
     data = _read_all()
     data["entries"][_key(fp)] = {"fingerprint": fp, "verdict": verdict}

@@ -8,7 +8,7 @@ the reference, take the fastest verified one, and remember the verdict (cache.py
 Why measure: which path is fastest depends on the CPU, not on one flag. bf16 runs 3-4x the fp32
 matmul rate on Intel AMX and on AMD EPYCs with avx512_bf16 alike; a rule keyed on `amx_bf16` left
 2.6x on the table on such an AMD machine. And a path counts only when it computes the reference's
-answers on this machine, so each candidate is judged by engine/yardstick.py on the same input:
+answers on this machine, so each candidate is judged by engine/runtime/yardstick.py on the same input:
 
 - a checkpoint: the exact side is a float64 copy of the model; fp32 paths (the reference, Triton)
   are bounded by the fp32 reference's own error, the bf16 path by torch's bf16 autocast error of the
@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..yardstick import FLOOR, MULTIPLE, float64_copy, judge
 from . import cache
+from .yardstick import FLOOR, MULTIPLE, float64_copy, judge
 
 CALIBRATION_BATCH = 1
 CALIBRATION_LABELS = 8
@@ -157,7 +157,7 @@ def build_path(path: PathResult, net, device: torch.device):
     if (path.backend, path.precision) == ("reference", "fp32"):
         return net
     if (path.backend, path.precision) == ("reference", "bf16"):
-        from ..fast_cpu import to_bf16
+        from .bf16 import to_bf16
 
         return to_bf16(copy.deepcopy(net).eval())
     if path.backend == "triton":

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from xclip_engine.engine.cli import main
-from xclip_engine.engine.labels import load_labels
+from xclip_engine.engine.io.labels import load_labels
 
 
 def run(*args):

@@ -1,7 +1,7 @@
 """`xclip-engine infer` over many files: discovery, the bounded decode pipeline, streamed JSON
 lines, --resume, --shard (and torchrun's RANK/WORLD_SIZE), --window wiring, flat memory.
 
-Most tests replace the decoder by a fake (engine.decoders.read_clip) so that they measure the
+Most tests replace the decoder by a fake (engine.video.decoders.read_clip) so that they measure the
 pipeline, not FFmpeg; the kill/resume and memory tests run real videos in subprocesses."""
 
 import json
@@ -19,11 +19,11 @@ from click.testing import CliRunner
 from video_factory import write_index_video
 
 import xclip_engine as xe
-from xclip_engine.engine import decoders
 from xclip_engine.engine.cli import main
-from xclip_engine.engine.inputs import discover_inputs
-from xclip_engine.engine.results import ResultsFileError, parse_shard, read_for_resume, shard_output_path
-from xclip_engine.engine.video import VideoError
+from xclip_engine.engine.io.inputs import discover_inputs
+from xclip_engine.engine.io.results import ResultsFileError, parse_shard, read_for_resume, shard_output_path
+from xclip_engine.engine.video import decoders
+from xclip_engine.engine.video.reader import VideoError
 
 LABELS = "cooking, dancing, surfing"
 
@@ -301,7 +301,7 @@ def _write_clips(folder, n):
     return sorted(str(folder / f"clip{i:04d}.mp4") for i in range(n))
 
 
-_SLOW_CLI = ("import sys, time; import xclip_engine.engine.decoders as d; f = d.read_clip; "
+_SLOW_CLI = ("import sys, time; import xclip_engine.engine.video.decoders as d; f = d.read_clip; "
              "d.read_clip = lambda *a, **k: (time.sleep(0.1), f(*a, **k))[1]; "
              "from xclip_engine.engine.cli import main; main(sys.argv[1:])")
 

@@ -1,7 +1,7 @@
 """`xe.infer`, the one pipeline the CLI runs: answers, output files, resume, shards and windows,
 and the same files as `xclip-engine infer` for the same arguments.
 
-The tests that only count rows replace the decoder by a fake (engine.decoders.read_clip); the
+The tests that only count rows replace the decoder by a fake (engine.video.decoders.read_clip); the
 ones that compare with the CLI or check answers decode real videos."""
 
 import collections.abc
@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from video_factory import write_index_video
 
 import xclip_engine as xe
-from xclip_engine.engine import decoders
 from xclip_engine.engine.cli import main
-from xclip_engine.engine.results import ResultsFileError, ShardError
-from xclip_engine.engine.video import VideoError
+from xclip_engine.engine.io.results import ResultsFileError, ShardError
+from xclip_engine.engine.video import decoders
+from xclip_engine.engine.video.reader import VideoError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.mp4")))

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 import xclip_engine as xe
 from xclip_engine.engine.api import default_model_path
-from xclip_engine.engine.labels import load_labels
+from xclip_engine.engine.io.labels import load_labels
 from xclip_engine.export.onnx_export import export_model
 from xclip_engine.export.precision import FP16_BLOCKED_OPS, L2_SQUARE_SUFFIX, expand_reduce_l2
 from xclip_engine.export.runtime import load_runtime

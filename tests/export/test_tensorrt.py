@@ -10,7 +10,7 @@ import torch
 from helpers import assert_close
 
 import xclip_engine as xe
-from xclip_engine.engine.labels import load_labels
+from xclip_engine.engine.io.labels import load_labels
 from xclip_engine.export.onnx_export import export_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

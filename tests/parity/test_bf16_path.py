@@ -1,4 +1,4 @@
-"""The bf16 path of the reference backend (engine/fast_cpu.py) against the fp32 reference.
+"""The bf16 path of the reference backend (engine/runtime/bf16.py) against the fp32 reference.
 
 Tolerances (docs/tolerances.md §6): max logit error under 5% of the logit range, top-1 equal to fp32 on the
 bundled model's example clips, and top-1 agreement of at least 99% on 240 of its held-out test
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import xclip_engine as xe
-from xclip_engine.engine.fast_cpu import to_bf16
+from xclip_engine.engine.runtime.bf16 import to_bf16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.mp4")))

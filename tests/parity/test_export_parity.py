@@ -1,4 +1,4 @@
-"""ONNX Runtime fp32 backend against the reference, judged by the yardstick (engine/yardstick.py):
+"""ONNX Runtime fp32 backend against the reference, judged by the yardstick (engine/runtime/yardstick.py):
 error against a float64 run of the reference within 3x the reference's own fp32 error, plus top-1.
 
 Two models, each exported once per module: the tiny test architecture and full X-CLIP B/32
@@ -13,8 +13,8 @@ import torch
 from xclip_factory import B32_HF, TINY_HF, hf_model
 
 import xclip_engine as xe
-from xclip_engine.engine.labels import load_labels
-from xclip_engine.engine.yardstick import float64_copy, judge
+from xclip_engine.engine.io.labels import load_labels
+from xclip_engine.engine.runtime.yardstick import float64_copy, judge
 from xclip_engine.export.onnx_export import export_model
 
 CASES = {"tiny": (TINY_HF, 3), "b32": (B32_HF, 2)}

@@ -21,7 +21,7 @@ from xclip_engine.engine.config import TINY
 from xclip_engine.engine.model import XCLIP
 from xclip_engine.engine.model.layers import init_linear
 from xclip_engine.engine.model.vision import CrossFrameBlock
-from xclip_engine.engine.yardstick import float64_copy
+from xclip_engine.engine.runtime.yardstick import float64_copy
 from xclip_engine.kernels import frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu, selfcheck
 from xclip_engine.kernels.backend import KERNEL_MODULES, TritonUnavailable, kernel_status, triton_ops
 

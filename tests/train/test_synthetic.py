@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from xclip_engine.engine.labels import load_labels
-from xclip_engine.engine.video import count_frames, read_frames, read_video
+from xclip_engine.engine.io.labels import load_labels
+from xclip_engine.engine.video.reader import count_frames, read_frames, read_video
 from xclip_engine.train import synthetic_render as R
 from xclip_engine.train.cli_dataset import make_dataset_cmd
 from xclip_engine.train.synthetic import (

@@ -7,8 +7,8 @@ import platform
 import pytest
 import torch
 
-from xclip_engine.engine import cpu_memory
 from xclip_engine.engine.model.ops import REFERENCE
+from xclip_engine.engine.runtime import cpu_memory
 
 
 def _mlp_pair(seed=0):

@@ -1,4 +1,4 @@
-"""engine/video.py: official frame sampling, exact frame decoding (H.264 with B-frames, VP9,
+"""engine/video/reader.py: official frame sampling, exact frame decoding (H.264 with B-frames, VP9,
 MJPEG, VFR, rotation), seeking, official resize/crop/normalize and view order, bad files."""
 
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import video_factory as vf
 
-from xclip_engine.engine import video as V
+from xclip_engine.engine.video import reader as V
 
 MEAN64 = np.float32([123.675, 116.28, 103.53]).astype(np.float64)
 STD64 = np.float32([58.395, 57.12, 57.375]).astype(np.float64)
@@ -247,9 +247,9 @@ def test_sequential_fallback_gives_the_same_frames(videos, monkeypatch):
     fast = V.read_video(path, 8, size=32)
 
     def disagree(self, indices):
-        raise V._Mismatch
+        raise V.FrameMismatch
 
-    monkeypatch.setattr(V._Video, "read", disagree)
+    monkeypatch.setattr(V.VideoFile, "read", disagree)
     stats = V.DecodeStats()
     assert indices_of(V.read_frames(path, idx, stats=stats)) == idx and stats.full_passes == 1
     stats = V.DecodeStats()

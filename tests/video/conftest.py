@@ -19,6 +19,6 @@ def clips(tmp_path_factory):
 def _no_dali_verdict_yet(monkeypatch):
     """Every test starts before the first-clip check (read_clip keeps one verdict per process and
     device), so that tests do not depend on which of them decoded with DALI first."""
-    from xclip_engine.engine import decoders
+    from xclip_engine.engine.video import decoders
 
     monkeypatch.setattr(decoders, "_DALI_CHECKED", {})

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from video_factory import decode_index, index_image, write_index_video, write_junk_video
 
-from xclip_engine.engine import dali_pipeline, decoders
-from xclip_engine.engine.decoders import DecoderMismatchWarning, read_clip
-from xclip_engine.engine.video import MEAN, STD, VideoError, read_frames, read_video, sample_indices
+from xclip_engine.engine.video import dali as dali_pipeline
+from xclip_engine.engine.video import decoders
+from xclip_engine.engine.video.decoders import DecoderMismatchWarning, read_clip
+from xclip_engine.engine.video.reader import MEAN, STD, VideoError, read_frames, read_video, sample_indices
 
 HAVE_DALI = importlib.util.find_spec("nvidia.dali") is not None
 needs_dali = pytest.mark.skipif(not HAVE_DALI, reason="needs NVIDIA DALI (pip install nvidia-dali-cuda120)")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from video_factory import decode_index
 
-from xclip_engine.engine.video import VideoError, read_frames, read_video, sample_indices
+from xclip_engine.engine.video.reader import VideoError, read_frames, read_video, sample_indices
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None,
                                 reason="needs NVIDIA DALI (pip install nvidia-dali-cuda120)")
@@ -28,7 +28,7 @@ MAX_MEAN_ABS_DIFF = 0.05
 
 @pytest.mark.parametrize("codec", ["vp9", "mjpeg"])
 def test_dali_cpu_decodes_the_same_frames_as_pyav(clips, codec):
-    from xclip_engine.engine.dali_pipeline import decode_frames_dali
+    from xclip_engine.engine.video.dali import decode_frames_dali
 
     indices = sample_indices(40, 8) + [39, 0, 17, 17]   # TSN, then out of order and repeated
     got = decode_frames_dali(clips[codec], indices, device="cpu")
@@ -42,7 +42,7 @@ def test_dali_cpu_decodes_the_same_frames_as_pyav(clips, codec):
 
 @pytest.mark.parametrize("views", ["1x1", "4x3"])
 def test_dali_cpu_clip_close_to_pyav(clips, views):
-    from xclip_engine.engine.decoders import read_clip
+    from xclip_engine.engine.video.decoders import read_clip
 
     got = read_clip(clips["vp9"], 8, 32, views, decoder="dali", device="cpu")
     ref = read_video(clips["vp9"], 8, 32, views)
@@ -53,7 +53,7 @@ def test_dali_cpu_clip_close_to_pyav(clips, views):
 
 
 def test_auto_uses_dali_for_vp9_on_cpu(clips, monkeypatch):
-    from xclip_engine.engine import decoders
+    from xclip_engine.engine.video import decoders
 
     monkeypatch.setattr(decoders, "_gpu_present", lambda: False)
     assert decoders.choose_decoder(clips["vp9"]) == "dali"
@@ -61,7 +61,7 @@ def test_auto_uses_dali_for_vp9_on_cpu(clips, monkeypatch):
 
 
 def test_read_index_clips_explicit_windows(clips):
-    from xclip_engine.engine.dali_pipeline import decode_frames_dali, read_index_clips
+    from xclip_engine.engine.video.dali import decode_frames_dali, read_index_clips
 
     got = read_index_clips(clips["vp9"], [[0, 1, 2, 3], [30, 31, 32, 33]], 32, device="cpu")
     assert got.shape == (2, 4, 3, 32, 32)
@@ -73,7 +73,7 @@ def test_read_index_clips_explicit_windows(clips):
 
 @pytest.mark.skipif(not _gpu(), reason="needs a CUDA GPU (DALI's mixed decoder, NVDEC)")
 def test_dali_gpu_h264_close_to_pyav(clips):
-    from xclip_engine.engine.dali_pipeline import decode_frames_dali, read_clip_dali
+    from xclip_engine.engine.video.dali import decode_frames_dali, read_clip_dali
 
     indices = sample_indices(40, 8)
     assert [decode_index(f) for f in decode_frames_dali(clips["h264"], indices, device="cuda")] == indices
@@ -83,7 +83,7 @@ def test_dali_gpu_h264_close_to_pyav(clips):
 
 def test_timeline_with_dali_matches_pyav_windows(clips, tiny_hf):
     import xclip_engine as xe
-    from xclip_engine.engine.timeline import classify_windows
+    from xclip_engine.engine.video.timeline import classify_windows
 
     model = xe.load(tiny_hf)
     a = classify_windows(model, clips["vp9"], ["a", "b", "c"], window=0.5, stride=0.25, decoder="dali")

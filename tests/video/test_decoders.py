@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from xclip_engine.engine import decoders
-from xclip_engine.engine.decoders import DECODERS, DecoderUnavailableError, choose_decoder, read_clip
-from xclip_engine.engine.video import VideoError, read_video
+from xclip_engine.engine.video import decoders
+from xclip_engine.engine.video.decoders import DECODERS, DecoderUnavailableError, choose_decoder, read_clip
+from xclip_engine.engine.video.reader import VideoError, read_video
 
 
 @pytest.fixture

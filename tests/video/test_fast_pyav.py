@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from video_factory import decode_index, write_index_video
 
-from xclip_engine.engine import video
-from xclip_engine.engine.video import DecodeStats, read_frames, sample_indices
+from xclip_engine.engine.video import reader as video
+from xclip_engine.engine.video.reader import DecodeStats, read_frames, sample_indices
 
 
 @pytest.mark.parametrize("codec,ext", [("h264", "mp4"), ("vp9", "webm")])
@@ -14,7 +14,7 @@ def test_skipping_nonref_frames_keeps_frames_exact(tmp_path, monkeypatch, codec,
     indices = sample_indices(300, 8) + [1, 2, 299, 150, 150]
     fast_stats = DecodeStats()
     fast = read_frames(path, indices, stats=fast_stats)
-    monkeypatch.setattr(video._Video, "_skip_unkept", lambda self, packets, wanted_pts: packets)
+    monkeypatch.setattr(video.VideoFile, "_skip_unkept", lambda self, packets, wanted_pts: packets)
     plain_stats = DecodeStats()
     plain = read_frames(path, indices, stats=plain_stats)
     assert [decode_index(f) for f in fast] == indices

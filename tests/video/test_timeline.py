@@ -9,7 +9,7 @@ import pytest
 from video_factory import write_index_video
 
 import xclip_engine as xe
-from xclip_engine.engine.timeline import classify_windows, plot_timeline, window_bounds, window_indices
+from xclip_engine.engine.video.timeline import classify_windows, plot_timeline, window_bounds, window_indices
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"   # the bundled model's example clips
 

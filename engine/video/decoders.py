@@ -5,7 +5,7 @@ short side to ``int(256/224*S)``, centre crop or three crops, CLIP mean/std):
 
 * ``pyav``: ``engine.video.read_video`` (FFmpeg through PyAV, every codec, exact frames, OpenCV
   bilinear resize as mmcv does). The reference.
-* ``dali``: ``engine.dali_pipeline`` (NVIDIA DALI). On a GPU its decoder hands VP8, VP9, MJPEG,
+* ``dali``: ``engine.video.dali`` (NVIDIA DALI). On a GPU its decoder hands VP8, VP9, MJPEG,
   AV1, MPEG-4, H.264 and HEVC to NVDEC, and converts only 8-bit 4:2:0 pictures correctly;
   without a GPU, DALI's CPU decoder reads only VP8, VP9 and MJPEG (it refuses H.264, HEVC,
   MPEG-4 and AV1). Its YUV->RGB conversion and resize differ slightly from FFmpeg + OpenCV, so
@@ -34,7 +34,7 @@ from typing import NamedTuple
 import av
 import numpy as np
 
-from .video import VideoError, _frame_matrix, read_video
+from .reader import VideoError, frame_matrix, read_video
 
 DECODERS = ("auto", "dali", "pyav")
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")   # what DALI's CPU video decoder accepts
@@ -154,7 +154,7 @@ def probe_video(path, rotation_codecs=None) -> VideoProbe:
             if rotation_codecs is None or codec in rotation_codecs:
                 with contextlib.suppress(av.FFmpegError, StopIteration):
                     frame = next(container.decode(stream))
-                    matrix = _frame_matrix(frame)
+                    matrix = frame_matrix(frame)
                     pix_fmt = frame.format.name or pix_fmt
     except VideoError:
         raise
@@ -260,7 +260,7 @@ def _clip_gap(a: np.ndarray, b: np.ndarray) -> float:
 
 def _read_dali(path, num_frames, size, views, device, forced):
     """DALI's clip; with ``auto`` (not ``forced``) any DALI failure falls back to PyAV."""
-    from .dali_pipeline import read_clip_dali
+    from .dali import read_clip_dali
 
     try:
         return read_clip_dali(path, num_frames=num_frames, size=size, views=views, device=device)
@@ -276,7 +276,7 @@ def _first_dali_clip(path, num_frames, size, views, device, forced, key):
     """Decode the first DALI clip of this process on this device with both decoders and record
     whether they agree. Called with ``_DALI_CHECK_LOCK`` held, so that other threads wait for
     the verdict instead of taking DALI's frames unchecked."""
-    from .dali_pipeline import read_clip_dali
+    from .dali import read_clip_dali
 
     try:
         got = read_clip_dali(path, num_frames=num_frames, size=size, views=views, device=device)

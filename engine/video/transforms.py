@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 
 # one definition, in the model config; the names MEAN / STD stay for the video modules and callers
-from .config import IMAGE_MEAN as MEAN
-from .config import IMAGE_STD as STD
+from ..config import IMAGE_MEAN as MEAN
+from ..config import IMAGE_STD as STD
 
 
 def parse_views(views: str) -> tuple[int, int]:

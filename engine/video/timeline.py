@@ -19,16 +19,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..io.labels import check_labels
 from .decoders import choose_decoder
-from .labels import check_labels
-from .video import VideoError
-from .video_sampling import sample_indices
-from .video_transforms import preprocess
+from .reader import VideoError
+from .sampling import sample_indices
+from .transforms import preprocess
 
 BATCH_WINDOWS = 8   # windows scored per model call; also bounds the decoded frames held in memory
 
 
-def _check_seconds(name: str, value) -> float:
+def check_seconds(name: str, value) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -40,7 +40,7 @@ def _check_seconds(name: str, value) -> float:
 
 def window_bounds(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
     """(start, end) in seconds of every window over a video of ``duration`` seconds."""
-    window, stride = _check_seconds("window", window), _check_seconds("stride", stride)
+    window, stride = check_seconds("window", window), check_seconds("stride", stride)
     if not duration > 0:
         raise ValueError(f"the video's duration must be > 0 seconds, got {duration!r}")
     out = []
@@ -72,12 +72,12 @@ def window_indices(times: np.ndarray, start: float, end: float, num_frames: int)
 
 class _PyAVFrames:
     """One open PyAV video for the whole timeline: the packet index is built once, and every
-    batch of windows seeks to the keyframes it needs (engine.video's reader; same package)."""
+    batch of windows seeks to the keyframes it needs (engine.video.reader; same package)."""
 
     def __init__(self, path):
-        from .video import _Video  # the private reader: its packet index gives the frame times
+        from .reader import VideoFile  # the private reader: its packet index gives the frame times
 
-        self.video = _Video(path)
+        self.video = VideoFile(path)
 
     def frame_times(self) -> np.ndarray:
         """Presentation time in seconds of every frame, relative to the first one."""
@@ -89,11 +89,11 @@ class _PyAVFrames:
         return np.arange(v.num_frames, dtype=np.float64) / _fps(v.stream)
 
     def read(self, indices: Sequence[int]) -> list[np.ndarray]:
-        from .video import _Mismatch
+        from .reader import FrameMismatch
 
         try:
             return self.video.read(indices)
-        except _Mismatch:
+        except FrameMismatch:
             return self.video.read_sequential(indices)
 
     def close(self) -> None:
@@ -121,9 +121,9 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
 
     Returns ``{"path", "duration", "window", "stride", "labels", "windows": [{"start", "end",
     "top": [[label, score], ...], "scores": [one softmax score per label]}]}``; times in seconds.
-    ``decoder``: "auto" | "dali" | "pyav" (see ``engine.decoders``).
+    ``decoder``: "auto" | "dali" | "pyav" (see ``engine.video.decoders``).
     """
-    window, stride = _check_seconds("window", window), _check_seconds("stride", stride)
+    window, stride = check_seconds("window", window), check_seconds("stride", stride)
     if int(topk) < 1:
         raise ValueError(f"topk must be at least 1, got {topk}")
     if int(batch_size) < 1:
@@ -143,7 +143,7 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
         clips = [window_indices(times, s, e, t) for s, e in bounds]
         if chosen == "dali":
             frames.close()   # DALI reads the file itself; PyAV only supplied the frame times
-            from .dali_pipeline import read_index_clips
+            from .dali import read_index_clips
 
             def read_batch(batch):
                 return read_index_clips(path, batch, size)

@@ -2,10 +2,10 @@
 
 Official rules (microsoft/VideoX X-CLIP, commit 1744b21), implemented in two sibling modules:
 
-* which frames: ``video_sampling`` (datasets/pipeline.py SampleFrames, datasets/build.py:287,
+* which frames: ``sampling`` (datasets/pipeline.py SampleFrames, datasets/build.py:287,
   299-300): test-time TSN ``int(i * n / T + n / (2T))``; several clips use the official random
   multi-view rule, seeded here.
-* resize / crop / normalize and the view order: ``video_transforms`` (build.py:245, 285-298,
+* resize / crop / normalize and the view order: ``transforms`` (build.py:245, 285-298,
   pipeline.py Resize, CenterCrop, ThreeCrop, Normalize; main.py:203-220).
 
 Decoding (ours; the official loader is decord, DecordInit/DecordDecode, pipeline.py:1766-1855,
@@ -43,8 +43,9 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from .video_sampling import sample_clip_indices, sample_indices
-from .video_transforms import (
+from .errors import REENCODE, VideoError, no_av_errors
+from .sampling import sample_clip_indices, sample_indices
+from .transforms import (
     MEAN,
     STD,
     center_crop,
@@ -65,21 +66,6 @@ __all__ = [
     "three_crop", "three_crop_offsets",
 ]
 
-_REENCODE = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
-
-
-class VideoError(Exception):
-    """A video file that cannot be used; ``.path`` names it and the message says what to do."""
-
-    def __init__(self, path, message: str = ""):
-        self.path = os.fspath(path)
-        self.message = message
-        super().__init__(f"{self.path}: {message}" if message else self.path)
-
-    def __reduce__(self):  # picklable across DataLoader worker processes
-        return type(self), (self.path, self.message)
-
-
 @dataclass
 class DecodeStats:
     """Counters filled in by ``read_frames`` / ``read_video`` when passed ``stats=``."""
@@ -92,7 +78,7 @@ class DecodeStats:
     decode_errors: int = 0    # packets the decoder rejected
 
 
-class _Mismatch(Exception):
+class FrameMismatch(Exception):
     """A sampled frame did not come out of the decoder where the packet index said it would."""
 
 
@@ -120,7 +106,7 @@ def apply_display_matrix(img: np.ndarray, matrix) -> np.ndarray:
     return np.ascontiguousarray(out) if out is not img else img
 
 
-def _frame_matrix(frame):
+def frame_matrix(frame):
     # Side data is optional metadata: never fail a decode because of it.
     with contextlib.suppress(Exception):
         for side in frame.side_data:
@@ -131,10 +117,10 @@ def _frame_matrix(frame):
 
 
 def _to_rgb(frame) -> np.ndarray:
-    return apply_display_matrix(frame.to_ndarray(format="rgb24"), _frame_matrix(frame))
+    return apply_display_matrix(frame.to_ndarray(format="rgb24"), frame_matrix(frame))
 
 
-class _Video:
+class VideoFile:
     """One open video stream plus its packet index; a context manager."""
 
     def __init__(self, path, stats: DecodeStats | None = None):
@@ -163,7 +149,7 @@ class _Video:
         except Exception as e:  # noqa: BLE001 - FFmpeg, OS and format-probing errors alike
             raise VideoError(self.path, f"cannot be opened as a video ({e.__class__.__name__}: {e}); "
                              "it is damaged, truncated or not a video: download it again or "
-                             + _REENCODE) from None
+                             + REENCODE) from None
         fmt = getattr(self.container.format, "name", "") or ""
         if fmt == "image2" or fmt.endswith("_pipe"):
             # FFmpeg's still-image demuxers (png_pipe, jpeg_pipe, ...) open a photo as a one-frame
@@ -219,7 +205,7 @@ class _Video:
         else:
             self.num_frames = self.count_decodable()
         if self.num_frames == 0:
-            raise VideoError(self.path, "has a video stream but no decodable frames; " + _REENCODE)
+            raise VideoError(self.path, "has a video stream but no decodable frames; " + REENCODE)
         self.stats.frames_in_file = self.num_frames
 
     def _seek_packet(self, pos: int) -> int | None:
@@ -286,7 +272,7 @@ class _Video:
             ctx.skip_frame = "DEFAULT"
 
     def read(self, indices: Sequence[int]) -> list[np.ndarray]:
-        """Frames at ``indices`` via the packet index and keyframe seeks; raises _Mismatch."""
+        """Frames at ``indices`` via the packet index and keyframe seeks; raises FrameMismatch."""
         if not self.exact:
             return self.read_sequential(indices)
         wanted = set(indices)
@@ -308,7 +294,7 @@ class _Video:
                 if all(r in got for r in ranks) or (frame.pts is not None and frame.pts > last_pts):
                     break
             if not all(r in got for r in ranks):
-                raise _Mismatch
+                raise FrameMismatch
         return [got[i] for i in indices]
 
     def count_decodable(self) -> int:
@@ -330,28 +316,19 @@ class _Video:
                     break
         if len(got) < len(wanted):
             if seen == 0:
-                raise VideoError(self.path, "has a video stream but no decodable frames; " + _REENCODE)
+                raise VideoError(self.path, "has a video stream but no decodable frames; " + REENCODE)
             raise VideoError(self.path, f"only {seen} frames decode but frame {max(wanted - set(got))} "
-                             "was asked for; the file is damaged: " + _REENCODE)
+                             "was asked for; the file is damaged: " + REENCODE)
         return [got[i] for i in indices]
 
 
-def _check_indices(video: _Video, indices: Sequence[int]) -> list[int]:
+def _check_indices(video: VideoFile, indices: Sequence[int]) -> list[int]:
     out = [int(i) for i in indices]
     bad = [i for i in out if not 0 <= i < video.num_frames]
     if bad:
         raise ValueError(f"{video.path}: frame indices {bad[:5]} out of range, the video has "
                          f"{video.num_frames} frames (0..{video.num_frames - 1})")
     return out
-
-
-@contextlib.contextmanager
-def _no_av_errors(path):
-    """Last safety net: an FFmpeg error that slipped past the handling above still names the file."""
-    try:
-        yield
-    except av.FFmpegError as e:
-        raise VideoError(path, f"decoding failed ({e.__class__.__name__}: {e}); " + _REENCODE) from None
 
 
 def count_frames(path) -> int:
@@ -361,7 +338,7 @@ def count_frames(path) -> int:
     usable timestamps), so a stream whose packets are all undecodable still reports them; reading
     it raises ``VideoError``.
     """
-    with _no_av_errors(path), _Video(path) as video:
+    with no_av_errors(path), VideoFile(path) as video:
         return video.num_frames
 
 
@@ -372,13 +349,13 @@ def read_frames(path, indices: Sequence[int], *, stats: DecodeStats | None = Non
     the same array object). Raises ``VideoError`` for unusable files and ``ValueError`` for an
     index outside ``0..count_frames(path) - 1``.
     """
-    with _no_av_errors(path), _Video(path, stats) as video:
+    with no_av_errors(path), VideoFile(path, stats) as video:
         indices = _check_indices(video, indices)
         if not indices:
             return []
         try:
             return video.read(indices)
-        except _Mismatch:
+        except FrameMismatch:
             return video.read_sequential(indices)
 
 
@@ -396,18 +373,18 @@ def read_video(path, num_frames: int = 8, size: int = 224, views: str = "1x1", *
     num_clips, _ = parse_views(views)
     if int(num_frames) < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    with _no_av_errors(path), _Video(path, stats) as video:
+    with no_av_errors(path), VideoFile(path, stats) as video:
         flat = [i for clip in sample_clip_indices(video.num_frames, num_frames, num_clips, seed)
                 for i in clip]
         try:
             frames = video.read(flat)
-        except _Mismatch:
+        except FrameMismatch:
             # The packet index promised frames the decoder did not deliver: count the frames
             # that really decode and sample among them.
             n = video.count_decodable()
             if n == 0:
                 raise VideoError(video.path, "has a video stream but no decodable frames; "
-                                 + _REENCODE) from None
+                                 + REENCODE) from None
             video.stats.frames_in_file = n
             flat = [i for clip in sample_clip_indices(n, num_frames, num_clips, seed) for i in clip]
             frames = video.read_sequential(flat)

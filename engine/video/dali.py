@@ -1,8 +1,8 @@
-"""NVIDIA DALI decoding + X-CLIP preprocessing: the same frames and steps as ``engine.video``.
+"""NVIDIA DALI decoding + X-CLIP preprocessing: the same frames and steps as ``engine.video.reader``.
 
 What is ours and what is DALI's:
 
-* Which frames: computed here with the official rules (``video_sampling``) on the frame count
+* Which frames: computed here with the official rules (``sampling``) on the frame count
   from PyAV's packet index (no decoding), then handed to DALI's ``fn.decoders.video`` through its
   ``frames`` argument (explicit indices, any order, repeats allowed; DALI seeks with its own
   keyframe index). Its frame ``k`` is the k-th frame in presentation order, as ours. DALI counts
@@ -20,12 +20,12 @@ What is ours and what is DALI's:
 
 Devices: ``device_id=None`` runs DALI's CPU operators (its CPU decoder reads VP8, VP9 and MJPEG
 only); on a GPU the decoder runs as ``device="mixed"`` (NVDEC: VP8, VP9, MJPEG, AV1, MPEG-4,
-H.264, HEVC, 8-bit 4:2:0 only; ``engine.decoders.dali_refusal`` keeps other files away) and the
+H.264, HEVC, 8-bit 4:2:0 only; ``engine.video.decoders.dali_refusal`` keeps other files away) and the
 rest on the GPU. Each call decodes one file as one DALI sample (``read_clip_dali``,
 ``read_index_clips``); the one-sample pipelines are cached per thread.
 
 Not handled by DALI: the display matrix (rotated phone videos come out as stored, not upright):
-``choose_decoder('auto')`` does not route such files here (see ``engine.decoders``).
+``choose_decoder('auto')`` does not route such files here (see ``engine.video.decoders``).
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .decoders import DALI_CPU_CODECS, DALI_INSTALL, DecoderUnavailableError, device_id
-from .video import VideoError, _no_av_errors, _Video
-from .video_sampling import sample_clip_indices
-from .video_transforms import MEAN, STD, parse_views, rescaled_size, resize_target, three_crop_offsets
+from .reader import VideoError, VideoFile, no_av_errors
+from .sampling import sample_clip_indices
+from .transforms import MEAN, STD, parse_views, rescaled_size, resize_target, three_crop_offsets
 
 MAX_CACHED_PIPES = 4
 # fn.decoders.video's default pad_mode ("constant") fills a requested frame past the end of the
@@ -88,7 +88,7 @@ def plan_clip(path, num_frames: int, size: int, views: str = "1x1", seed: int | 
     size = int(size)
     if size < 1 or int(num_frames) < 1:
         raise ValueError(f"size ({size}) and num_frames ({num_frames}) must be >= 1")
-    with _no_av_errors(path), _Video(path) as video:
+    with no_av_errors(path), VideoFile(path) as video:
         n = video.num_frames
         ctx = video.stream.codec_context
         # the codec's name, not the decoder's (libdav1d decodes av1)

@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .atomic_file import atomic_write
+from .atomic import atomic_write
 
 
 @dataclass
