@@ -40,6 +40,9 @@ def points(smoke: bool = False) -> list[dict]:
 
 def _model(t: int, smoke: bool):
     from xclip_engine.engine.api import Model
+    from xclip_engine.engine.runtime.cpu_memory import keep_freed_memory
+
+    keep_freed_memory()   # as the CLI runs our models (xe.load and Model leave malloc alone)
     from xclip_engine.engine.config import get_config
     from xclip_engine.engine.model import XCLIP
     from xclip_engine.engine.runtime.choice import choose_for_checkpoint

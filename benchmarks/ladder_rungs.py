@@ -87,7 +87,9 @@ def _token_ids(work: str, names):
 
 def _ours(work: str, precision=None, backend="reference", device="cpu"):
     import xclip_engine as xe
+    from xclip_engine.engine.runtime.cpu_memory import keep_freed_memory
 
+    keep_freed_memory()   # as the CLI runs our models (xe.load leaves malloc alone)
     return xe.load(os.path.join(work, "hf"), backend=backend, device=device, precision=precision)
 
 

@@ -148,7 +148,8 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
         raise ValueError(f"backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
     choice = None
     if backend == "auto":
-        from .runtime.choice import choose_for_export, is_export_folder
+        from .runtime.choice import is_export_folder
+        from .runtime.export_choice import choose_for_export
 
         if is_export_folder(source):
             choice = choose_for_export(source, device, precision)

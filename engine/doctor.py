@@ -67,7 +67,8 @@ def _kernel_status() -> dict | None:
 def diagnose(source=None, device=None, fresh: bool = False, precision: str | None = None) -> dict:
     """The machine, then auto's verdict for `source` (default: the bundled model) with every path."""
     from .api import default_model_path
-    from .runtime.choice import PathResult, choose_for_checkpoint, choose_for_export, is_export_folder
+    from .runtime.choice import PathResult, choose_for_checkpoint, is_export_folder
+    from .runtime.export_choice import choose_for_export
 
     source = source or default_model_path()
     report = {"machine": machine(), "model": os.fspath(source)}

@@ -2,7 +2,7 @@
 the reference, take the fastest verified one, and remember the verdict (cache.py).
 
     choice, net = choose_for_checkpoint(net, device)      # a loaded reference model
-    choice = choose_for_export(folder, device)            # an export folder: its checked precisions
+    choice = choose_for_export(folder, device)            # an export folder (export_choice.py)
     choice.backend, choice.precision, choice.note, choice.table()
 
 Why measure: which path is fastest depends on the CPU, not on one flag. bf16 runs 3-4x the fp32
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import cache
-from .yardstick import FLOOR, MULTIPLE, float64_copy, judge
+from .yardstick import float64_copy, judge
 
 CALIBRATION_BATCH = 1
 CALIBRATION_LABELS = 8
@@ -93,7 +93,7 @@ class Choice:
         return "\n".join(lines + reasons)
 
 
-def _say(echo, msg: str) -> None:
+def say(echo, msg: str) -> None:
     if echo is not None:
         echo(msg)
 
@@ -222,7 +222,7 @@ def measure_checkpoint(net, device: torch.device, paths: list[PathResult], echo=
             p.seconds = time_call(runnable, px, text) / CALIBRATION_BATCH
         except Exception as e:   # a path that cannot even run here is reported, never chosen
             p.available, p.verified, p.why = False, False, f"failed to run: {type(e).__name__}: {e}"
-        _say(echo, f"auto:   {p.name}: " + (f"{p.seconds:.3f} s/video, error {p.error:.1e} (bound {p.bound:.1e}), "
+        say(echo, f"auto:   {p.name}: " + (f"{p.seconds:.3f} s/video, error {p.error:.1e} (bound {p.bound:.1e}), "
                                              + ("verified" if p.verified else "NOT verified")
                                              if p.seconds is not None else p.why))
     return paths
@@ -248,7 +248,7 @@ def _note(best: PathResult, paths: list[PathResult], cached: bool) -> str:
     return f"auto: {best.name}, the fastest verified path {how}" + (f"; {against}" if against else "")
 
 
-def _decide(fp: dict, measure, paths: list[PathResult], echo, what: str, fresh: bool = False) -> Choice:
+def decide(fp: dict, measure, paths: list[PathResult], echo, what: str, fresh: bool = False) -> Choice:
     stored = None if fresh else cache.read_verdict(fp)
     if stored is not None:
         try:
@@ -261,7 +261,7 @@ def _decide(fp: dict, measure, paths: list[PathResult], echo, what: str, fresh: 
     runnable = [p for p in paths if p.available]
     t0 = time.perf_counter()
     if len(runnable) > 1:
-        _say(echo, f"auto: first use of {what} on this machine: timing and verifying "
+        say(echo, f"auto: first use of {what} on this machine: timing and verifying "
                    f"{', '.join(p.name for p in runnable)} (once; the verdict is kept in {cache.cache_path()})")
         paths = measure(paths)
     best = pick(paths)
@@ -270,7 +270,7 @@ def _decide(fp: dict, measure, paths: list[PathResult], echo, what: str, fresh: 
                     calibration_s=round(time.perf_counter() - t0, 3))
     if len(runnable) > 1:
         choice.cache_file = cache.write_verdict(fp, choice.to_dict())
-        _say(echo, f"{choice.note} (calibration {choice.calibration_s:.1f} s)")
+        say(echo, f"{choice.note} (calibration {choice.calibration_s:.1f} s)")
     return choice
 
 
@@ -283,139 +283,14 @@ def choose_for_checkpoint(net, device=None, precision: str | None = None, echo=s
     net = net.to(dev).eval()
     fp = cache.fingerprint(dev, {"family": "xclip", "config": net.config.to_dict(), "precision": precision})
     built: dict = {}
-    choice = _decide(fp, lambda ps: measure_checkpoint(net, dev, ps, echo, built), paths, echo,
+    choice = decide(fp, lambda ps: measure_checkpoint(net, dev, ps, echo, built), paths, echo,
                      f"this architecture ({net.config.num_frames} frames, width {net.config.vision_width})", fresh)
     best = next(p for p in choice.paths if (p.backend, p.precision) == (choice.backend, choice.precision))
     return choice, built[best.name] if best.name in built else build_path(best, net, dev)
-
-
-# ---- an export folder -----------------------------------------------------------------------------
-def _export_verdicts(raw: dict) -> dict[str, tuple[bool, str, float | None]]:
-    """{precision ("fp32", "int8", "fp16 TensorRT", ...): (passed its export check, why not, the
-    logits bound it was checked with)}; a precision passes when every one of its graphs did."""
-    out: dict[str, tuple[bool, str, float | None]] = {}
-    for row in raw.get("checks") or []:
-        p = row.get("precision")
-        if "ok" not in row:   # written before checks had verdicts: failing fp32 graphs failed the export
-            ok, why, bound = p == "fp32", "" if p == "fp32" else "checked without a verdict: re-export", None
-        else:
-            ok = bool(row["ok"])
-            why = "" if ok else f"failed its export check ({row.get('file')})"
-            bound = ((row.get("outputs") or {}).get("logits") or {}).get("bound")
-        if p in out:
-            ok, why, bound = out[p][0] and ok, out[p][1] or why, out[p][2] if out[p][2] is not None else bound
-        out[p] = (ok, why, bound)
-    return out
-
-
-def export_candidates(raw: dict, device: torch.device, precision: str | None = None,
-                      has_plan: bool = False) -> list[PathResult]:
-    gpu = device.type == "cuda"
-    have = raw.get("precisions") or []
-    checked = _export_verdicts(raw)
-    ort = module_available("onnxruntime")
-    paths = []
-    for p in ("fp32", "fp16", "int8"):
-        if p not in have:
-            paths.append(PathResult("onnxruntime", p, False, f"no {p} graphs in the folder (export --{p})"
-                                    if p != "fp32" else "no fp32 graphs in the folder"))
-            continue
-        ok, why, _ = checked.get(p, (False, "never checked (exported with --no-check)", None))
-        if not ort:
-            paths.append(PathResult("onnxruntime", p, False, "onnxruntime is not installed: pip install "
-                                    "'xclip-engine[export]'"))
-        elif p == "fp16" and not gpu:
-            paths.append(PathResult("onnxruntime", p, False, "fp16 graphs are for GPUs (ONNX Runtime's CPU "
-                                    "provider emulates fp16)"))
-        elif p == "int8" and gpu:
-            paths.append(PathResult("onnxruntime", p, False, "int8 graphs are for CPUs (dynamic quantization)"))
-        elif not ok:
-            paths.append(PathResult("onnxruntime", p, False, why))
-        else:
-            paths.append(PathResult("onnxruntime", p, True))
-    if gpu and has_plan and module_available("tensorrt"):
-        ok, why, _ = checked.get("fp16 TensorRT", (False, "the engines were never checked", None))
-        paths.append(PathResult("tensorrt", "fp16", ok, why))
-    else:
-        paths.append(PathResult("tensorrt", "fp16", False, "needs a CUDA GPU" if not gpu else
-                                "no TensorRT engine in the folder (export --tensorrt)" if not has_plan else
-                                "the tensorrt package is not installed"))
-    if precision is not None:
-        if precision not in ("fp32", "fp16", "int8"):
-            raise ValueError(f"precision {precision!r} is not one of the export folder's fp32, fp16, int8")
-        for p in paths:
-            if p.precision != precision and p.available:
-                p.available, p.why = False, f"precision {precision} asked for"
-    return paths
-
-
-def load_export_path(folder: str, path: PathResult, device: torch.device):
-    from xclip_engine.export.runtime import load_runtime
-
-    return load_runtime(folder, backend=path.backend, device=device, precision=path.precision)
-
-
-def measure_export(folder: str, raw: dict, device: torch.device, paths: list[PathResult],
-                   echo=stderr_echo) -> list[PathResult]:
-    """Time every available precision; verify each against the folder's fp32 graph here, within
-    the bound its export check recorded (fp32 itself passed the export check)."""
-    bounds = {p: b for p, (_, _, b) in _export_verdicts(raw).items()}
-    bounds["tensorrt fp16"] = bounds.get("fp16 TensorRT")
-    base = None
-    for p in sorted(paths, key=lambda q: (q.backend, q.precision) != ("onnxruntime", "fp32")):
-        if not p.available:
-            continue
-        try:
-            model = load_export_path(folder, p, device)
-            px, ids = calibration_input(model.config, device)
-            with torch.inference_mode():
-                text = model.net.encode_text(ids)
-                got = model.net(px, text).float().cpu()
-            if base is None and (p.backend, p.precision) == ("onnxruntime", "fp32"):
-                base = got    # the yardstick for the others here: it passed its export check
-                p.verified, p.why = True, "passed the export check; the other precisions are compared with it"
-            elif base is None:
-                p.verified, p.why = True, "verified by its export check (no fp32 graphs to compare with here)"
-            else:
-                key = p.name if p.backend == "tensorrt" else p.precision
-                bound = bounds.get(key) or MULTIPLE * FLOOR.get(p.precision, 1e-3)
-                v = judge(f"{p.name} logits", got, base, bound=bound, classes=True)
-                p.verified, p.error, p.bound = v.ok, v.error, v.bound
-                p.why = "" if v.ok else f"disagrees with the fp32 graph here: {v.why}"
-            with torch.inference_mode():
-                p.seconds = time_call(model.net, px, text) / CALIBRATION_BATCH
-        except Exception as e:
-            p.available, p.verified, p.why = False, False, f"failed to run: {type(e).__name__}: {e}"
-        _say(echo, f"auto:   {p.name}: " + (f"{p.seconds:.3f} s/video" if p.seconds is not None else p.why))
-    return paths
-
-
-def choose_for_export(folder, device=None, precision: str | None = None, echo=stderr_echo,
-                      fresh: bool = False) -> Choice:
-    import json
-
-    dev = resolve_device(device)
-    folder = os.fspath(folder)
-    try:
-        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
-            raw = json.load(f)
-        if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        # load_runtime's read_manifest names what is wrong with the folder; auto just defers to it
-        return Choice("onnxruntime", precision or "fp32", f"auto: onnxruntime (the manifest is unreadable: {e})")
-    has_plan = bool(raw.get("tensorrt"))
-    paths = export_candidates(raw, dev, precision, has_plan)
-    hashes = {role: {p: (e or {}).get("sha256") for p, e in (g or {}).items()}
-              for role, g in (raw.get("graphs") or {}).items()}
-    fp = cache.fingerprint(dev, {"export": hashes, "tensorrt": has_plan, "precision": precision,
-                                 "checks": [r.get("ok") for r in raw.get("checks") or []]})
-    return _decide(fp, lambda ps: measure_export(folder, raw, dev, ps, echo), paths, echo,
-                   f"the export folder {folder}", fresh)
 
 
 def is_export_folder(source) -> bool:
     return source is not None and os.path.isfile(os.path.join(os.fspath(source), "manifest.json"))
 
 
-__all__ = ["Choice", "PathResult", "choose_for_checkpoint", "choose_for_export", "is_export_folder", "pick"]
+__all__ = ["Choice", "PathResult", "choose_for_checkpoint", "is_export_folder", "pick"]

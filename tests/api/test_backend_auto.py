@@ -11,6 +11,7 @@ import torch
 import xclip_engine as xe
 from xclip_engine.engine.runtime import cache
 from xclip_engine.engine.runtime import choice as ch
+from xclip_engine.engine.runtime import export_choice as ec
 
 
 @pytest.fixture(autouse=True)
@@ -166,22 +167,22 @@ def test_export_candidates_take_only_checked_precisions(monkeypatch):
     monkeypatch.setattr(ch, "module_available", lambda name: name in ("onnxruntime", "tensorrt"))
     row = lambda p, ok: {"file": f"video.{p}.onnx", "precision": p, "ok": ok,   # noqa: E731
                          "outputs": {"logits": {"bound": 0.05}}}
-    cpu = {p.name: p for p in ch.export_candidates(_manifest([row("fp32", True), row("int8", False)]),
+    cpu = {p.name: p for p in ec.export_candidates(_manifest([row("fp32", True), row("int8", False)]),
                                                       torch.device("cpu"))}
     assert cpu["onnxruntime fp32"].available
     assert not cpu["onnxruntime int8"].available and "failed its export check" in cpu["onnxruntime int8"].why
     assert not cpu["tensorrt fp16"].available
     ok = _manifest([row("fp32", True), row("int8", True)])
-    assert ch.export_candidates(ok, torch.device("cpu"))[2].available      # int8 now a candidate
+    assert ec.export_candidates(ok, torch.device("cpu"))[2].available      # int8 now a candidate
     # an older folder's checks had no verdicts: fp32 passed (the export would have failed), int8 is unknown
     old = _manifest([{"file": "video.fp32.onnx", "precision": "fp32", "max_rel_error": 1e-6},
                      {"file": "video.int8.onnx", "precision": "int8", "max_rel_error": 0.01}])
-    old_paths = {p.name: p for p in ch.export_candidates(old, torch.device("cpu"))}
+    old_paths = {p.name: p for p in ec.export_candidates(old, torch.device("cpu"))}
     assert old_paths["onnxruntime fp32"].available and not old_paths["onnxruntime int8"].available
     # on a GPU: the TensorRT engine when it passed its check right after it was built
     gpu = _manifest([row("fp32", True), row("fp16", True), row("fp16 TensorRT", True)],
                     precisions=("fp32", "fp16"), tensorrt={"video": {}})
-    gpu_paths = {p.name: p for p in ch.export_candidates(gpu, torch.device("cuda"), has_plan=True)}
+    gpu_paths = {p.name: p for p in ec.export_candidates(gpu, torch.device("cuda"), has_plan=True)}
     assert gpu_paths["tensorrt fp16"].available and gpu_paths["onnxruntime fp16"].available
     assert not gpu_paths["onnxruntime int8"].available
 
