@@ -90,12 +90,29 @@ TINY = XCLIPConfig(
 )
 
 
+def xclip_preprocessing(config: XCLIPConfig) -> dict:
+    """X-CLIP's test-time preprocessing for `config` (docs/preprocessing.md §2-§5), as data: what an
+    export manifest records for other runtimes, and what a second model family states differently."""
+    s = config.image_size
+    return {"sampling": "tsn-center", "num_frames": config.num_frames, "resize_short_side": int(256 / 224 * s),
+            "crop": s, "interpolation": "bilinear (OpenCV, no antialiasing)", "color": "RGB",
+            "input_range": "0..255", "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
+            "layout": "[B, T, 3, S, S] float32"}
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
+    """A named model: its family, architecture, where its weights are, and its preprocessing."""
+
     name: str
     config: XCLIPConfig
     hub_id: str | None  # Hugging Face repo with the released weights, if there is one
     note: str = ""
+    family: str = "xclip"   # which model definition and checkpoint readers apply (EVL will be a second)
+
+    @property
+    def preprocessing(self) -> dict:
+        return xclip_preprocessing(self.config)
 
 
 _ENTRIES = [

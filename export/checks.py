@@ -2,7 +2,7 @@
 
 Each precision's graphs run in ONNX Runtime on CPU (through the same OrtNet a user gets, so the
 fused and cached graph is what is checked) on a few sample videos and labels. Every output is
-judged by engine/yardstick.py: its error against a float64 run of the reference model, bounded by
+judged by engine/runtime/yardstick.py: its error against a float64 run of the reference model, bounded by
 a small multiple of the reference's own error in the same precision (fp32 for the fp32 graphs,
 PyTorch fp16 for the fp16 graphs and the TensorRT engines), plus top-1 agreement on the rows that
 are not near-ties. A fixed tolerance between two fp32 computations failed a correct B/32 export on
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from xclip_engine.engine.yardstick import MULTIPLE, Verdict, float64_copy, judge
+from xclip_engine.engine.runtime.yardstick import MULTIPLE, Verdict, float64_copy, judge
 
 __all__ = ["MULTIPLE", "Row", "check_precision", "check_engines", "format_table", "yardstick"]
 INT8_BOUND = 0.05   # int8 has no same-dtype reference: 5% of the logits' range, plus top-1

@@ -17,9 +17,9 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from xclip_engine.engine.atomic_file import atomic_write
 from xclip_engine.engine.checkpoint import CheckpointError
-from xclip_engine.engine.config import IMAGE_MEAN, IMAGE_STD, XCLIPConfig
+from xclip_engine.engine.config import XCLIPConfig, xclip_preprocessing
+from xclip_engine.engine.io.atomic import atomic_write
 
 FORMAT = "xclip-engine-export"
 FORMAT_VERSION = 1
@@ -37,12 +37,8 @@ def _reexport_hint(folder: str) -> str:
 
 
 def preprocessing(config: XCLIPConfig) -> dict:
-    """The test-time preprocessing the graphs expect (docs/preprocessing.md §2-§5), written out for other runtimes."""
-    s = config.image_size
-    return {"sampling": "tsn-center", "num_frames": config.num_frames, "resize_short_side": int(256 / 224 * s),
-            "crop": s, "interpolation": "bilinear (OpenCV, no antialiasing)", "color": "RGB",
-            "input_range": "0..255", "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD),
-            "layout": "[B, T, 3, S, S] float32"}
+    """The test-time preprocessing the graphs expect, written out for other runtimes."""
+    return xclip_preprocessing(config)
 
 
 def file_entry(folder: str, name: str) -> dict:

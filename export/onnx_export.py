@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from xclip_engine.engine.checkpoint import load_model
-from xclip_engine.engine.labels import load_labels
+from xclip_engine.engine.io.labels import load_labels
 from xclip_engine.engine.model import XCLIP
 from xclip_engine.engine.tokenizer import ClipTokenizer
 

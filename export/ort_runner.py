@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 import torch
 
-from xclip_engine.engine.atomic_file import atomic_write, write_via_temp
+from xclip_engine.engine.io.atomic import atomic_write, write_via_temp
 from xclip_engine.engine.model.layers import causal_eot_trim
 
 from .manifest import ExportFolderError, Manifest

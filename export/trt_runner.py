@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from xclip_engine.engine.atomic_file import atomic_write
+from xclip_engine.engine.io.atomic import atomic_write
 from xclip_engine.engine.model.layers import causal_eot_trim
 
 from .manifest import ExportFolderError, Manifest

@@ -22,7 +22,7 @@ from xclip_engine.engine.model.ops import REFERENCE
 
 from . import selfcheck
 from .guards import common_reason, dot_precision, grid_reason, next_pow2, on_device
-from .online_softmax import attend_key_tiles
+from .online_softmax import attend_key_tiles, heads_last_output
 
 
 # ---- kernel ------------------------------------------------------------------------------------
@@ -68,12 +68,6 @@ def _frame_attention_kernel(
 
 
 # ---- launcher ----------------------------------------------------------------------------------
-def _empty_output(q):
-    # [BT, L, H, dh] memory viewed as [BT, H, L, dh]: the caller's merge_heads is then a free view
-    bt, h, seq, dh = q.shape
-    return q.new_empty(bt, seq, h, dh).transpose(1, 2)
-
-
 BLOCK_M = 64
 
 
@@ -84,7 +78,7 @@ def _grid(bt, h, seq):
 
 def _launch(q, k, v, k_msg, v_msg):
     bt, h, seq, dh = q.shape
-    o = _empty_output(q)
+    o = heads_last_output(q)
     block_d = max(16, next_pow2(dh))
     # 64 x 64 tiles with 4 warps: the flash-attention tutorial's choice for dh <= 64; a [128, 128]
     # dh tile halves BLOCK_N to keep the K/V tiles in shared memory.
@@ -112,7 +106,7 @@ def frame_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_msg:
 
 @frame_attention_op.register_fake
 def _(q, k, v, k_msg, v_msg):
-    return _empty_output(q)
+    return heads_last_output(q)
 
 
 def why_not(q, k, v, k_msg, v_msg) -> str | None:

@@ -39,3 +39,10 @@ def attend_key_tiles(q, m_i, l_i, acc,
         acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
         m_i = m_new
     return acc / l_i[:, None]
+
+
+def heads_last_output(q):
+    """An output for attention over q [N, H, L, dh]: [N, L, H, dh] memory viewed as [N, H, L, dh], so
+    the caller's merge of the heads back into [N, L, H * dh] is a free view, not a copy."""
+    n, h, seq, dh = q.shape
+    return q.new_empty(n, seq, h, dh).transpose(1, 2)

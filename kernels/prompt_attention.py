@@ -19,7 +19,7 @@ from xclip_engine.engine.model.ops import REFERENCE
 
 from . import selfcheck
 from .guards import common_reason, dot_precision, grid_reason, next_pow2, on_device
-from .online_softmax import attend_key_tiles
+from .online_softmax import attend_key_tiles, heads_last_output
 
 
 # ---- kernel ------------------------------------------------------------------------------------
@@ -59,12 +59,6 @@ def _prompt_attention_kernel(
 
 
 # ---- launcher ----------------------------------------------------------------------------------
-def _empty_output(q):
-    # [B, K, H, dh] memory viewed as [B, H, K, dh]: the caller's merge_heads is then a free view
-    b, h, kq, dh = q.shape
-    return q.new_empty(b, kq, h, dh).transpose(1, 2)
-
-
 def _block_m(kq):
     # few labels (K = 1, 3) waste most of a 64-row tile: 16 rows is tl.dot's minimum
     return 16 if kq <= 16 else 64
@@ -78,7 +72,7 @@ def _grid(b, h, kq):
 def _launch(q, k, v):
     b, h, kq, dh = q.shape
     n = k.shape[2]
-    o = _empty_output(q)
+    o = heads_last_output(q)
     block_d = max(16, next_pow2(dh))
     block_n = 64 if block_d <= 64 else 32
     with on_device(q):
@@ -99,7 +93,7 @@ def prompt_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 
 @prompt_attention_op.register_fake
 def _(q, k, v):
-    return _empty_output(q)
+    return heads_last_output(q)
 
 
 def why_not(q, k, v) -> str | None:

@@ -10,7 +10,7 @@ file, see KERNELS) this module keeps a process-wide verdict:
 - "off: <reason>": the self-check failed, or a launch raised; the reference op answers every
   later call, and ONE warning named the kernel and the reason when it was switched off.
 
-The error rule is flash attention's, as everywhere (engine/yardstick.py): against a float64
+The error rule is flash attention's, as everywhere (engine/runtime/yardstick.py): against a float64
 reference, the kernel's max error may be FACTOR times the same-dtype PyTorch reference's own max
 error, plus a floor (FLOOR, relative to max|reference|; wider than the model-level floors because
 the check's small inputs leave few terms per sum). Each kernel file supplies its check inputs as
@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from xclip_engine.engine.yardstick import rel_error
+from xclip_engine.engine.runtime.yardstick import rel_error
 
 from .guards import DISABLE_ENV, interpreting
 

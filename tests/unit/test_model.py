@@ -55,3 +55,14 @@ def test_gradients_reach_every_parameter():
     logits.logsumexp(-1).sum().backward()
     dead = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, dead
+
+
+def test_registry_entries_carry_family_and_preprocessing():
+    from xclip_engine.engine.config import REGISTRY
+
+    entry = REGISTRY["xclip-base-patch16"]
+    assert entry.family == "xclip"
+    pre = entry.preprocessing
+    assert (pre["sampling"], pre["num_frames"], pre["crop"], pre["resize_short_side"]) == ("tsn-center", 8, 224, 256)
+    assert pre["mean"] == [123.675, 116.28, 103.53] and pre["input_range"] == "0..255"
+    assert REGISTRY["xclip-large-patch14-16-frames"].preprocessing["resize_short_side"] == int(256 / 224 * 336)
