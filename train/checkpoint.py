@@ -22,10 +22,10 @@ import random
 import numpy as np
 import torch
 
-from xclip_engine.engine.atomic_file import atomic_write
 from xclip_engine.engine.checkpoint import CheckpointError, save_model
 from xclip_engine.engine.checkpoint.files import torch_load_weights
 from xclip_engine.engine.checkpoint.format_ours import FORMAT_NAME, FORMAT_VERSION
+from xclip_engine.engine.io.atomic import atomic_write
 
 CHECKPOINT_NAME = "last.pt"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from xclip_engine.engine.atomic_file import atomic_write
+from xclip_engine.engine.io.atomic import atomic_write
 
 
 class ConfigError(ValueError):

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
-from xclip_engine.engine.labels import load_labels
-from xclip_engine.engine.video import VideoError, count_frames, normalize, read_frames, read_video, resize_target
-from xclip_engine.engine.video_sampling import tsn_train_indices
-from xclip_engine.engine.video_transforms import resize_short_side
+from xclip_engine.engine.io.labels import load_labels
+from xclip_engine.engine.video.reader import VideoError, count_frames, normalize, read_frames, read_video, resize_target
+from xclip_engine.engine.video.sampling import tsn_train_indices
+from xclip_engine.engine.video.transforms import resize_short_side
 
 from .config import DataSection
 

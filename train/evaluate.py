@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from xclip_engine.engine.checkpoint import load_model
 from xclip_engine.engine.runtime.device import default_device
 from xclip_engine.engine.tokenizer import ClipTokenizer
-from xclip_engine.engine.video_transforms import average_views
+from xclip_engine.engine.video.transforms import average_views
 
 from .config import RunConfig
 from .data import ClipDataset, DataError, collate, few_shot_subset, read_labels, read_list, write_list
