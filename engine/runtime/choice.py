@@ -167,12 +167,14 @@ def build_path(path: PathResult, net, device: torch.device):
     raise ValueError(f"no checkpoint path {path.name}")
 
 
-def time_call(fn, *args, calls: int = TIMED_CALLS) -> float:
-    """The fastest of `calls` calls of fn(*args), in seconds (the caller has made one call already:
-    the warm-up, whose output it verified). The minimum, not the median: other work on the machine
-    only ever adds time, and it must not decide between two paths."""
-    times = []
-    for _ in range(calls):
+def time_call(fn, *args, calls: int = TIMED_CALLS, min_seconds: float = 0.2, max_calls: int = 50) -> float:
+    """The fastest of at least `calls` calls of fn(*args), in seconds, calling on (up to `max_calls`)
+    until `min_seconds` have passed, so that a small model's millisecond calls are not decided by one
+    hiccup. The minimum, not the median: other work on the machine only ever adds time, and it must
+    not decide between two paths. (The caller has made one call already: the warm-up, whose output
+    it verified.)"""
+    times: list[float] = []
+    while len(times) < calls or (sum(times) < min_seconds and len(times) < max_calls):
         t0 = time.perf_counter()
         fn(*args)
         if torch.cuda.is_available():

@@ -205,3 +205,19 @@ def test_explicit_backends_get_a_note_too(tiny_hf):
 def test_unknown_backend_is_refused(tiny_hf):
     with pytest.raises(ValueError, match="auto, reference"):
         xe.load(tiny_hf, backend="fastest")
+
+
+def test_time_call_repeats_fast_calls_and_keeps_the_fastest():
+    calls = []
+
+    def fast():
+        calls.append(1)
+
+    assert ch.time_call(fast, min_seconds=0.0) >= 0 and len(calls) == ch.TIMED_CALLS
+    calls.clear()
+    ch.time_call(fast, min_seconds=0.05, max_calls=20)
+    assert len(calls) == 20          # microsecond calls: repeated up to the cap, never one hiccup deciding
+    delays = iter([0.03, 0.001, 0.02])
+    import time as _time
+
+    assert ch.time_call(lambda: _time.sleep(next(delays)), min_seconds=0.0) < 0.015   # the minimum of three
