@@ -60,7 +60,7 @@ setup(
         "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4", 'triton>=3.4; platform_system == "Linux"',
                 "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
                 'nvidia-dali-cuda120>=2.4; platform_system == "Linux" and platform_machine == "x86_64"',
-                "matplotlib>=3.7"],
+                "matplotlib>=3.7", "hypothesis>=6"],
         # GPU machines: onnxruntime-gpu INSTEAD of onnxruntime (both install the module `onnxruntime`:
         # `bash scripts/setup.sh gpu` uninstalls onnxruntime first), TensorRT, Triton.
         # Every package here is a CUDA 12 build, like torch's cu12x wheels and nvidia-dali-cuda120: the bare

@@ -29,6 +29,28 @@ def main():
     from .runtime import cpu_memory
 
     cpu_memory.keep_freed_memory()
+    _show_label_warnings_as_lines()
+
+
+def _show_label_warnings_as_lines():
+    """Print the label set's warnings (duplicates merged, a label cut at 77 tokens) as one plain
+    `warning: ...` line on stderr, not Python's `file:line: Category:` form with a source line."""
+    import warnings
+
+    from .io.labels import LabelWarning
+
+    shown = warnings.showwarning
+    if getattr(shown, "_xclip_labels", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LabelWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show._xclip_labels = True
+    warnings.showwarning = show
 
 
 @main.command("models")
@@ -81,7 +103,8 @@ def doctor_cmd(model_src, device, fresh, as_json):
               help="Test views: 1x1 (one clip, center crop) or 4x3 (4 clips x 3 crops, scores averaged).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
-              help="Decode threads; they decode the next batch while the model runs this one.")
+              help="Decode threads; they decode the next batch while the model runs this one. At most 4 per "
+                   "core and 32 are started (each holds a decoded video in memory), whatever is asked.")
 @click.option("--decoder", default="auto", show_default=True, type=click.Choice(["auto", "dali", "pyav"]),
               help="Video decoder: dali (NVIDIA DALI, GPU), pyav (FFmpeg, CPU), auto (DALI where it can).")
 @click.option("--format", "fmt", default="table", show_default=True,
@@ -91,10 +114,15 @@ def doctor_cmd(model_src, device, fresh, as_json):
 @click.option("--output", "-o", default=None, metavar="FILE",
               help="Write results to FILE instead of stdout, line by line as they come. With --shard I/N "
                    "(or torchrun) and N > 1, shard I writes FILE with .shard-I-of-N before its extension: "
-                   "out.jsonl -> out.shard-0-of-4.jsonl.")
+                   "out.jsonl -> out.shard-0-of-4.jsonl. FILE must not be an input; an existing FILE needs "
+                   "--resume or --overwrite; one run at a time (FILE.lock); JSON lines get FILE.meta.json, "
+                   "which names the run (model, labels, topk, views, window) for --resume.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run: inputs already answered without error in --output (JSON lines) "
-                   "are skipped, failed ones are tried again, the rest is appended.")
+                   "are skipped, failed ones are tried again, the rest is appended. Refused when FILE.meta.json "
+                   "names another model, label set, topk, views or window, or FILE has lines that are not results.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --output; the old file stays whole until the new one is complete.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Answer only shard I of N (0-based): the inputs whose position in the sorted input list "
                    "% N == I. Default under torchrun: RANK/WORLD_SIZE.")
@@ -118,7 +146,8 @@ def doctor_cmd(model_src, device, fresh, as_json):
                    "when other work shares the machine: more threads than free cores slow every one down.")
 @click.pass_context
 def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, topk, views, batch_size, workers,
-              decoder, fmt, output, resume, shard, window, stride, plot, backend, precision, device, threads):
+              decoder, fmt, output, resume, overwrite, shard, window, stride, plot, backend, precision, device,
+              threads):
     """Classify VIDEOS (files or folders of videos) against a label set.
 
     Folders are searched recursively; inputs are answered in sorted path order, each once.
@@ -147,6 +176,10 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
         _usage_error("--plot needs matplotlib: `pip install matplotlib`")
     if resume and (output is None or fmt != "jsonl"):
         _usage_error("--resume continues a JSON lines file: pass --output FILE --format jsonl")
+    if overwrite and output is None:
+        _usage_error("--overwrite replaces an --output FILE: pass one")
+    if overwrite and resume:
+        _usage_error("--resume continues --output and --overwrite replaces it: pass one of them")
     try:
         # the command line's default under torchrun: this rank's shard (xe.infer's default is all inputs)
         shard = parse_shard(shard) if shard is not None else shard_from_env()
@@ -177,9 +210,10 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
 
     try:
         run = infer(inputs, model, labels, topk=topk, views=views, window=window, stride=stride,
-                    output=output or sys.stdout, fmt=fmt, resume=resume, shard=shard, batch_size=batch_size,
+                    output=output or sys.stdout, fmt=fmt, resume=resume, overwrite=overwrite, shard=shard,
+                    batch_size=batch_size,
                     workers=workers, decoder=decoder, glob=globs, plot=plot)
-    except (ResultsFileError, ValueError) as e:   # what the checks above let through (a bad results file)
+    except (ResultsFileError, ValueError) as e:   # what the checks above let through (the output file's rules)
         _usage_error(str(e))
 
     from tqdm import tqdm

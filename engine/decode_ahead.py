@@ -6,6 +6,7 @@
 through this one loop. `workers` threads (PyAV and DALI release the GIL) decode at most `prefetch`
 videos beyond the batch being scored, so the next batch decodes while the model runs this one and
 memory stays flat however many paths there are; `paths` may be any iterable, read lazily.
+`workers` is capped (`decode_threads`: 4 per core, 32 at most), since the read-ahead grows with it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,10 +23,19 @@ import torch
 
 from .io.labels import check_labels
 from .io.results import Prediction
-from .video.reader import VideoError, parse_views
+from .video.reader import DecodeStats, TruncatedVideoWarning, VideoError, collect_stats, parse_views
 from .video.transforms import average_views
 
 DECODERS = ("auto", "dali", "pyav")   # engine.video.decoders.read_clip: DALI on a GPU where it can, else PyAV
+MAX_DECODE_THREADS = 32
+
+
+def decode_threads(workers: int) -> int:
+    """The decode threads started for `workers`: at most 4 per core and MAX_DECODE_THREADS. Each
+    thread holds a decoded video ahead of the model, so `--workers 1000` would hold 1000 videos
+    (1.2 GB of clips for a 0.5 GB run) for no speed: decoding is CPU-bound, 4 threads per core
+    already cover the time a thread waits on the disk."""
+    return max(1, min(workers, 4 * (os.cpu_count() or 1), MAX_DECODE_THREADS))
 
 
 def check_decode_args(topk: int = 5, views: str = "1x1", batch_size: int = 8, workers: int = 2,
@@ -61,11 +72,13 @@ def classify_stream(model, paths, labels=None, topk: int = 5, views: str = "1x1"
     """Yield one Prediction per path, in input order; a video that fails to decode yields its
     error and the others still get answers. Bad arguments raise here, before the generator starts.
 
-    `prefetch` (default batch_size + workers: the whole next batch) bounds the decoded videos
+    `workers` is capped by `decode_threads`. `prefetch` (default batch_size + the decode threads:
+    the whole next batch) bounds the decoded videos
     waiting beyond the batch being scored. `timings`, a dict, gets decode_s (summed over workers),
     wait_s (the model waiting for decoded videos), model_s and videos added to it."""
     labels = model_labels(model, labels)
     check_decode_args(topk, views, batch_size, workers, decoder)
+    workers = decode_threads(workers)   # the read-ahead below grows with it: bounded whatever was asked
     text = model.encode_text(labels)
     clock = timings if timings is not None else {}
     for key in ("decode_s", "wait_s", "model_s"):
@@ -87,15 +100,21 @@ def _run(paths, read_args, score, batch_size, workers, limit, clock):
     lock = threading.Lock()   # the workers add up their decode times in one dict
 
     def decode(path):
+        """(clip, error, warning) of one video; warning: the answer will come from fewer frames
+        than the container declares (a truncated file)."""
         t0 = time.perf_counter()
+        stats = DecodeStats()
         try:
-            return read_clip(path, **read_args), None
+            # collected per thread rather than passed as stats=: read_clip stand-ins take no stats
+            with collect_stats(stats):
+                clip = read_clip(path, **read_args)
+            return clip, None, stats.warning(path)
         except VideoError as e:
-            return None, str(e)
+            return None, str(e), None
         except fatal:
             raise   # the decoder cannot run here at all: stop (future.result() re-raises it)
         except Exception as e:  # an unexpected decoder failure must not end the run
-            return None, f"{path}: could not read the video ({type(e).__name__}: {e})"
+            return None, f"{path}: could not read the video ({type(e).__name__}: {e})", None
         finally:
             with lock:
                 clock["decode_s"] += time.perf_counter() - t0
@@ -117,11 +136,11 @@ def _run(paths, read_args, score, batch_size, workers, limit, clock):
         while pending:
             path, future = pending.popleft()
             t0 = time.perf_counter()
-            clip, err = future.result()
+            clip, err, warn = future.result()
             clock["wait_s"] += time.perf_counter() - t0
             refill()            # keep the workers busy while this batch is scored
-            batch.append((path, clip, err))
-            if sum(clip is not None for _, clip, _ in batch) >= batch_size:
+            batch.append((path, clip, err, warn))
+            if sum(clip is not None for _, clip, _, _ in batch) >= batch_size:
                 yield from score(batch)
                 batch = []
         yield from score(batch)
@@ -137,7 +156,7 @@ class _Scorer:
         self.model, self.text, self.labels, self.k, self.clock = model, text, labels, k, clock
 
     def __call__(self, batch):
-        clips = [clip for _, clip, _ in batch if clip is not None]
+        clips = [clip for _, clip, _, _ in batch if clip is not None]
         probs = iter(())
         if clips:
             t0 = time.perf_counter()
@@ -147,9 +166,15 @@ class _Scorer:
                 probs = iter(average_views(p, [len(c) for c in clips]).cpu())
             self.clock["model_s"] += time.perf_counter() - t0
             self.clock["videos"] += len(clips)
-        for path, clip, err in batch:
+        for path, clip, err, warn in batch:
             if clip is None:
                 yield Prediction(path, error=err)
                 continue
             score, idx = next(probs).topk(self.k)
-            yield Prediction(path, [(self.labels[i], float(s)) for s, i in zip(score.tolist(), idx.tolist())])
+            if warn is not None:
+                # stderr too, from the consuming thread as each row is given out: the row may go to
+                # a file nobody reads line by line. The default filter shows each message (each
+                # file) once.
+                warnings.warn(warn, TruncatedVideoWarning, stacklevel=1)
+            yield Prediction(path, [(self.labels[i], float(s)) for s, i in zip(score.tolist(), idx.tolist())],
+                             warning=warn)

@@ -22,25 +22,33 @@ from .io.results import FORMATS, parse_shard, read_for_resume, row_writer, shard
 
 
 def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str = "1x1", window: float | None = None,
-          stride: float | None = None, output=None, fmt: str = "jsonl", resume: bool = False, shard=None,
-          batch_size: int = 8, workers: int = 2, decoder: str = "auto", backend: str = "auto",
-          precision: str | None = None, device=None, glob=None, plot: str | None = None) -> Inference:
+          stride: float | None = None, output=None, fmt: str = "jsonl", resume: bool = False,
+          overwrite: bool = False, shard=None, batch_size: int = 8, workers: int = 2, decoder: str = "auto",
+          backend: str = "auto", precision: str | None = None, device=None, glob=None,
+          plot: str | None = None) -> Inference:
     """Classify videos (files, or folders searched recursively) and yield one result dict each.
 
     model: a loaded `Model`, or anything `xe.load` takes (None: the bundled demonstration model),
         loaded with `backend`, `precision` and `device` (which must stay at their defaults when a
         Model is given: it is already loaded).
     labels: a list of label strings; None: the model's own label set.
-    topk, views ("1x1" | "4x3"), batch_size, workers (decode threads), decoder (auto | dali | pyav):
+    topk, views ("1x1" | "4x3"), batch_size, workers (decode threads, at least 1; at most 4 per core
+        and 32 run, engine/decode_ahead.py decode_threads), decoder (auto | dali | pyav):
         as `Model.classify_iter`. glob: file name patterns a folder's files must match (default:
         video extensions; engine/io/inputs.py).
     window, stride: seconds; classify windows along each video instead (one timeline row per
         video, one view per window). plot: with window, draw each timeline to this PNG (several
         videos: FILE.<video name>.png).
     output: a path (or an open text file such as sys.stdout) that the rows are also written to, in
-        `fmt` (jsonl | json | csv | table), each flushed as it comes. resume: continue a JSON lines
-        `output` of an interrupted run: inputs answered there without error are skipped (not
-        yielded), the rest is appended.
+        `fmt` (jsonl | json | csv | table), each flushed as it comes. A path that is one of the
+        inputs is refused; a path that exists (and is not empty) needs resume or overwrite; the run
+        locks it (a second run on it fails at once); a JSON lines output gets the sidecar
+        OUTPUT.meta.json naming the run (engine/io/output.py has the rules).
+    resume: continue a JSON lines `output` of an interrupted run with the same model, labels,
+        topk, views and window (else refused, naming what differs): inputs answered there
+        without error are skipped (not yielded), the rest is appended.
+    overwrite: replace an existing `output`; the old file stays whole until every input is
+        answered, then the new one is renamed over it.
     shard: "I/N" or (I, N): answer only the inputs whose position in the sorted list % N == I;
         with N > 1 the output path gets .shard-I-of-N before its extension. None: every input.
         Unlike the CLI, the API does not read torchrun's RANK/WORLD_SIZE by itself (a library call
@@ -54,8 +62,9 @@ def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str = "1x1",
     and `.model`.
     """
     return Inference(inputs, model, labels, topk=topk, views=views, window=window, stride=stride, output=output,
-                     fmt=fmt, resume=resume, shard=shard, batch_size=batch_size, workers=workers, decoder=decoder,
-                     backend=backend, precision=precision, device=device, glob=glob, plot=plot)
+                     fmt=fmt, resume=resume, overwrite=overwrite, shard=shard, batch_size=batch_size,
+                     workers=workers, decoder=decoder, backend=backend, precision=precision, device=device,
+                     glob=glob, plot=plot)
 
 
 def _shard(shard) -> tuple[int, int]:
@@ -94,19 +103,24 @@ def _check_window(window, stride, views, fmt, plot):
 class Inference(Generator):
     """The generator `infer` returns: rows as they come, plus what the run covers (see `infer`)."""
 
-    def __init__(self, inputs, model, labels, *, topk, views, window, stride, output, fmt, resume, shard,
-                 batch_size, workers, decoder, backend, precision, device, glob, plot):
-        from .decode_ahead import check_decode_args, model_labels
+    def __init__(self, inputs, model, labels, *, topk, views, window, stride, output, fmt, resume, overwrite,
+                 shard, batch_size, workers, decoder, backend, precision, device, glob, plot):
+        from .decode_ahead import check_decode_args
         from .io.inputs import discover_inputs
+        from .io.output import OutputFile, check_not_an_input
 
         fmt = "jsonl" if fmt == "json" else fmt   # one format, two names
         if fmt not in FORMATS:
             raise ValueError(f"fmt {fmt!r} is not one of table, json, jsonl, csv")
         self.window, self.stride = _check_window(window, stride, views, fmt, plot)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers ({workers!r}) must be a whole number, at least 1 (decode threads)")
         check_decode_args(topk, views, batch_size, workers, decoder)
         writes_path = output is not None and not hasattr(output, "write")
         if resume and not (writes_path and fmt == "jsonl"):
             raise ValueError("resume continues a JSON lines file: pass output=PATH with fmt 'jsonl'")
+        if overwrite and not writes_path:
+            raise ValueError("overwrite replaces an output file: pass output=PATH")
         self.shard = index, count = _shard(shard)
 
         if isinstance(inputs, (str, os.PathLike)):
@@ -115,15 +129,40 @@ class Inference(Generator):
         self.found, self._errors = found.paths, found.errors
         self.paths = take_shard(found.paths, index, count)
         self.output = shard_output_path(os.fspath(output), index, count) if writes_path else None
-        self.skipped = read_for_resume(self.output, self.paths) if resume else set()
-        self.todo = [p for p in self.paths if p not in self.skipped]
+        self._file = None
+        if self.output is not None:
+            # before anything is loaded or written: an input is never overwritten, an existing file
+            # never replaced unasked, and one run at a time holds the file (until it ends)
+            check_not_an_input(self.output, [*found.paths, *found.errors])
+            self._file = OutputFile(self.output, resume=resume, overwrite=overwrite, jsonl=fmt == "jsonl")
+        try:
+            self._prepare(model, labels, backend, precision, device, resume,
+                          dict(topk=topk, views=views, window=self.window, stride=self.stride))
+        except BaseException:
+            self._release()
+            raise
+        self._args = dict(topk=topk, views=views, batch_size=batch_size, workers=workers, decoder=decoder)
+        self._plot, self._fmt, self._out = plot, fmt, output
+        self._rows = self._run()
+
+    def _prepare(self, model, labels, backend, precision, device, resume, run_args):
+        from .decode_ahead import model_labels
+        from .io.output import identity
 
         self.model = _load(model, backend, precision, device)
         self.labels = model_labels(self.model, labels)
         self.timings: dict = {}   # decode_s, wait_s, model_s, videos (engine/decode_ahead.py)
-        self._args = dict(topk=topk, views=views, batch_size=batch_size, workers=workers, decoder=decoder)
-        self._plot, self._resume, self._fmt, self._out = plot, resume, fmt, output
-        self._rows = self._run()
+        self.skipped = set()
+        if self._file is not None:
+            self._file.check_identity(identity(self.model, self.labels, **run_args))
+            if resume:
+                self.skipped = read_for_resume(self.output, self.paths, repair_tail=self._file.ours)
+        self.todo = [p for p in self.paths if p not in self.skipped]
+
+    def _release(self):
+        file = getattr(self, "_file", None)   # None when __init__ stopped before the output was checked
+        if file is not None:
+            file.release()
 
     # the Generator protocol, by the inner generator: close() stops decoding and closes the file
     def send(self, value):
@@ -134,21 +173,32 @@ class Inference(Generator):
 
     def close(self):
         self._rows.close()
+        self._release()       # a run closed before its first row never entered _run's finally
+
+    def __del__(self):
+        self._release()       # a run dropped without close(): the lock must not outlive it
 
     def _run(self):
-        out, own = self._out, False
-        if self.output is not None:
-            # opened on the first next(), so that a run that never starts leaves no file behind
-            out, own = open(self.output, "a" if self._resume else "w", encoding="utf-8", newline=""), True
+        out, complete = self._out, False
         try:
+            if self._file is not None:
+                # opened on the first next(), so that a run that never starts leaves no file behind
+                out = self._file.open()
             write = row_writer(self._fmt, out) if out is not None else None
             for row in self._answers():
                 if write is not None:
                     write(row)
                 yield row
+            complete = True
         finally:
-            if own:
-                out.close()
+            if self._file is not None:
+                try:
+                    if complete:
+                        self._file.commit()   # overwrite: only a complete run replaces the old file
+                finally:
+                    if out is not None:
+                        out.close()
+                    self._release()
 
     def _answers(self):
         a = self._args

@@ -8,8 +8,10 @@ Resume (`read_for_resume`, then append): an input is done when the file holds a 
 `"error": null`. Failed inputs are tried again (a file that failed on a busy network share or
 before a fix usually succeeds later): their old lines are dropped when the file is rewritten, so
 the file keeps exactly one line per input. The cut-off last line of a killed run is dropped and
-that input redone. Any other line that is not a JSON object with a "path" means the file is not
-ours: we stop rather than rewrite it.
+that input redone, but only in a file known to be ours (`repair_tail`: its sidecar names this
+run, engine/io/output.py). Any other line that is not a result row (a JSON object with a "path"
+string and an "error" that is null or a string) means the file is not ours: we stop rather than
+rewrite it, and the file is left byte for byte as it was.
 
 Shards: input i of the sorted list belongs to shard i % N. With N > 1 each shard writes its own
 file, `out.jsonl` -> `out.shard-I-of-N.jsonl`, so that shards never write to one file.
@@ -31,10 +33,17 @@ class Prediction:
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)   # (label, softmax score), best first
     error: str | None = None
+    # An answer given despite a problem, e.g. a truncated file answered from the frames that
+    # survived (engine.video.reader DecodeStats.warning); None for a healthy video.
+    warning: str | None = None
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "top": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top],
-                "error": self.error}
+        row = {"path": self.path, "top": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top],
+               "error": self.error}
+        if self.warning is not None:
+            # only when set: rows of healthy videos (and existing output files) keep their exact keys
+            row["warning"] = self.warning
+        return row
 
 
 class ResultsFileError(ValueError):
@@ -144,11 +153,19 @@ def _key(path: str) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
-def read_for_resume(output: str, paths: list[str]) -> set[str]:
+def _is_row(row) -> bool:
+    # what our writers produce: a Prediction's to_dict() or a timeline, both with "path" and "error"
+    return (isinstance(row, dict) and isinstance(row.get("path"), str) and "error" in row
+            and (row["error"] is None or isinstance(row["error"], str)))
+
+
+def read_for_resume(output: str, paths: list[str], repair_tail: bool = False) -> set[str]:
     """Prepare `output` for appending and return the subset of `paths` already answered there.
 
-    The file is rewritten (atomically) without the cut-off last line and without the failed lines
-    of inputs that are in `paths`, which this run answers again. A missing file: nothing answered.
+    The file is rewritten (atomically) without the failed lines of inputs that are in `paths`,
+    which this run answers again, and, with `repair_tail` (the file is known to be ours), without
+    a cut-off last line. A line that is not a result row raises ResultsFileError before anything
+    is written. A missing file: nothing answered.
     """
     try:
         with open(output, encoding="utf-8", newline="") as f:
@@ -166,14 +183,17 @@ def read_for_resume(output: str, paths: list[str]) -> set[str]:
     for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("path"), str):
-                raise ValueError("not an object with a path")
+            if not _is_row(row):
+                raise ValueError("not a result row")
         except ValueError:
-            if cut_tail and number == len(lines):
-                continue          # the cut-off line: that input is redone
+            if repair_tail and cut_tail and number == len(lines):
+                continue          # the cut-off line of our killed run: that input is redone
+            cut = (" (the last line, without a newline: cut off, but the file has no sidecar naming this run, "
+                   "so it is not repaired)" if cut_tail and number == len(lines) else "")
             raise ResultsFileError(
                 f"--resume: {output} line {number} is not a result line of `xclip-engine infer --format jsonl` "
-                f"({line[:80]!r}); pass the right file, or drop --resume to overwrite it") from None
+                f"({line[:80]!r}){cut}; the file was left as it is. Pass the right file, or --overwrite to "
+                "replace it") from None
         rows.append((line, row))
 
     todo = {_key(p) for p in paths}

@@ -6,6 +6,7 @@ pipeline, not FFmpeg; the kill/resume and memory tests run real videos in subpro
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,6 +239,7 @@ def test_resume_after_a_cut_off_run_answers_each_input_once(tiny_hf, names_dir, 
     out = tmp_path / "out.jsonl"
     failed_before = json.dumps({"path": paths[6], "top": [], "error": f"{paths[6]}: busy network share"}) + "\n"
     out.write_text("".join(lines[:5]) + failed_before + lines[7][: len(lines[7]) // 2])
+    shutil.copy(f"{full}.meta.json", f"{out}.meta.json")   # the same run: its cut-off line is repaired
     decoded = []
     monkeypatch.setattr(decoders, "read_clip", lambda p, *a, **k: decoded.append(p) or fake_clip(p, *a, **k))
     r = run("infer", d, "--model", tiny_hf, "--labels", LABELS, "--format", "jsonl", "-o", out, "--resume")
