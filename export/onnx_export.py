@@ -195,7 +195,9 @@ def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | None 
             "outputs": {"text": list(TEXT_OUTPUTS), "video": list(VIDEO_OUTPUTS)},
             "dynamic_axes": {"input_ids": ["K", "L<=77"], "pixel_values": ["B"], "text_features": ["K"],
                              "logits": ["B", "K"], "video_embeds": ["B"]},
-            "vocab": {"vocab": "vocab.json", "merges": "merges.txt"}, "labels": list(labels) if labels else None,
+            # with their hashes, so a load checks the tokenizer's files as it checks the graphs
+            "vocab": {"vocab": file_entry(out, "vocab.json"), "merges": file_entry(out, "merges.txt")},
+            "labels": list(labels) if labels else None,
             "source": info, "versions": _versions(), "tensorrt": None}
     write_manifest(out, data)
     result = ExportResult(out, manifest=data)

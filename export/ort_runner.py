@@ -3,15 +3,22 @@
 Two sessions (text, video) with the interface Model expects of a net: `.config`, `encode_text(ids)`,
 `encode_video(px)`, `video_features(px)`, `__call__(px, text) -> logits`, torch tensors in and out.
 
-Per graph, once per machine (cached in DIR/cache/, keyed by the graph's sha256, the ONNX Runtime
-version and the providers: CUDA then CPU on a GPU, CPU alone otherwise; never ORT's TensorRT
-provider, see available_providers):
+Before anything is built or read from the cache, the graph's content is checked against the
+manifest's sha256 (manifest.verify_file): a graph changed in place, same size or not, is refused
+with an error naming it. Per graph, once per machine (cached in DIR/cache/, keyed by that verified
+sha256, the ONNX Runtime version and the providers: CUDA then CPU on a GPU, CPU alone otherwise;
+never ORT's TensorRT provider, see available_providers):
 1. ONNX Runtime's transformer optimizer fuses what it recognises (LayerNormalization, QuickGelu,
    SkipLayerNormalization with the CUDA provider, Attention where the pattern holds) into contrib ops;
 2. the fused graph must agree with the plain one on sample inputs (1e-4 relative), else the plain
    graph is used and the reason recorded;
 3. the session runs with all graph optimizations on and writes its optimized model to the cache,
    which later loads read directly.
+A cache entry is served only when its info file names the verified sha256 of the source graph and
+the optimized graph still has the sha256 recorded when it was written (hashed through the stat cache
+of manifest.hash_file, so an unchanged entry is not re-read); otherwise it is rebuilt, with a warning.
+What remains between the check and ONNX Runtime opening the file is a window of milliseconds, not a
+state that outlives the load.
 """
 
 from __future__ import annotations
@@ -26,9 +33,8 @@ import torch
 from xclip_engine.engine.io.atomic import atomic_write, write_via_temp
 from xclip_engine.engine.model.layers import causal_eot_trim
 
-from .manifest import ExportFolderError, Manifest
+from .manifest import CACHE_DIR, ExportFolderError, Manifest, hash_file
 
-CACHE_DIR = "cache"
 FUSION_RTOL = 1e-4
 # f2: no SkipLayerNormalization on the CPU provider; the CUDA provider (which has kernels for every
 # contrib op fuse() writes) gets the full recipe
@@ -157,45 +163,36 @@ class GraphSession:
 
     def __init__(self, manifest: Manifest, role: str, precision: str, device: torch.device, fusion: bool = True):
         self.role, self.precision = role, precision
-        self.path = manifest.path(role, precision)
+        cache_dir = os.path.join(manifest.folder, CACHE_DIR)
+        writable = _writable(cache_dir)      # made first, so that the hash below is recorded there too
+        # the content check comes first: nothing below (the cache included) may trust an unchecked graph
+        self.path, self.sha256 = manifest.verified(role, precision)
+        self.folder = manifest.folder
         self.expected_inputs = list(manifest.inputs[role])
         self.expected_outputs = list(manifest.outputs[role])
         import onnxruntime as ort
 
         providers = available_providers(device)
-        entry = manifest.graphs[role][precision]
-        cache_dir = os.path.join(manifest.folder, CACHE_DIR)
 
         def cache_paths(providers):
             # The providers are in the key because the optimized model ORT saves is specific to them (it
             # fuses and lays out nodes for the providers the session has); the device ordinal is not: the
             # same graph serves cuda:0 and cuda:1. FUSION_RECIPE: a change to what fuse() does must not
-            # serve graphs fused the old way.
+            # serve graphs fused the old way. The hash is the verified one (its full value is in the
+            # info file and checked there; the name only keeps entries of different graphs apart).
             tag = "-".join(p.replace("ExecutionProvider", "").lower() for p in providers)
-            key = (f"{role}.{precision}.{entry.get('sha256', 'nohash')[:12]}.ort{ort.__version__}.{tag}"
+            key = (f"{role}.{precision}.{self.sha256[:16]}.ort{ort.__version__}.{tag}"
                    + (f".{FUSION_RECIPE}" if fusion else ".nofusion"))
             return os.path.join(cache_dir, key + ".onnx"), os.path.join(cache_dir, key + ".json")
 
         cached, info_path = cache_paths(providers)
         opts = _provider_options(providers, device)
-        if os.path.isfile(cached) and os.path.isfile(info_path):
-            try:
-                self.session = _session(cached, providers, opts, level="none")
-                _warn_if_fell_back(self.session, providers)
-                with open(info_path, encoding="utf-8") as f:
-                    self.info = json.load(f)
-                self._check_names()
-                return
-            except Exception as e:   # a stale or damaged cache entry is rebuilt, never fatal
-                warnings.warn(f"{cached}: unusable cached graph ({type(e).__name__}); rebuilding it", stacklevel=2)
-        if (_writable(cache_dir) and os.environ.get(_CHILD_ENV) is None
+        if self._load_cached(cached, info_path, providers, opts):
+            return
+        if (writable and os.environ.get(_CHILD_ENV) is None
                 and os.path.getsize(self.path) >= BUILD_IN_CHILD_BYTES
                 and _build_in_child(manifest.folder, role, precision, device, fusion)
-                and os.path.isfile(cached) and os.path.isfile(info_path)):
-            self.session = _session(cached, providers, opts, level="none")
-            with open(info_path, encoding="utf-8") as f:
-                self.info = json.load(f)
-            self._check_names()
+                and self._load_cached(cached, info_path, providers, opts)):
             return
         self.info = {"source": os.path.basename(self.path), "fused": {}, "fusion": "off"}
         graph = self.path
@@ -225,6 +222,10 @@ class GraphSession:
                 # the graph first, its info last: an info file marks a complete cache entry;
                 # the pid in the temp name keeps two processes caching at once apart
                 write_via_temp(cached, build, tmp=cached + f".tmp{os.getpid()}")
+                # what the entry was made from, and what was written: checked before it is served
+                self.info["source_sha256"] = self.sha256
+                self.info["optimized"] = {"bytes": os.path.getsize(cached),
+                                          "sha256": hash_file(self.folder, os.path.relpath(cached, self.folder))}
                 atomic_write(info_path, lambda f: json.dump(self.info, f, indent=1), text=True)
                 return
             except Exception as e:   # a full disk or a provider that cannot save: serve, uncached
@@ -232,6 +233,34 @@ class GraphSession:
                               "rebuilt on each load", stacklevel=2)
         if graph is not self.path or self.session is None:
             self.session = _session(graph, providers, opts)
+
+    def _load_cached(self, cached: str, info_path: str, providers, opts) -> bool:
+        """Serve the cache entry when it is the one made from this very graph and is unchanged since.
+
+        Anything else (another source hash, an altered or damaged optimized graph, an entry from
+        before hashes were recorded) is rebuilt with a warning, never fatal and never served.
+        """
+        if not (os.path.isfile(cached) and os.path.isfile(info_path)):
+            return False
+        try:
+            with open(info_path, encoding="utf-8") as f:
+                info = json.load(f)
+            if info.get("source_sha256") != self.sha256:
+                raise ValueError("made from another graph, or before source hashes were recorded")
+            made = info.get("optimized") or {}
+            if (os.path.getsize(cached) != made.get("bytes")
+                    or hash_file(self.folder, os.path.relpath(cached, self.folder)) != made.get("sha256")):
+                raise ValueError("the optimized graph changed since it was written")
+            self.session = _session(cached, providers, opts, level="none")
+            _warn_if_fell_back(self.session, providers)
+            self.info = info
+            self._check_names()
+            return True
+        except Exception as e:   # a stale, altered or damaged cache entry is rebuilt, never fatal
+            self.session = None
+            warnings.warn(f"{cached}: unusable cached graph ({type(e).__name__}: {str(e)[:200]}); rebuilding it",
+                          stacklevel=3)
+            return False
 
     def _try_fusion(self, manifest, feeds, want, providers, opts):
         try:

@@ -16,7 +16,7 @@ from xclip_engine.engine.api import Model
 from xclip_engine.engine.runtime.device import default_device
 from xclip_engine.engine.tokenizer import ClipTokenizer
 
-from .manifest import PRECISIONS, ExportFolderError, read_manifest
+from .manifest import PRECISIONS, ExportFolderError, check_name, read_manifest, verify_file
 
 RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -29,6 +29,29 @@ def default_precision(manifest, device: torch.device) -> str:
     return "fp32" if "fp32" in have else have[0]
 
 
+def check_vocabulary(manifest) -> None:
+    """vocab.json and merges.txt: present, plain files of the folder, and their sha256 when the manifest has it.
+
+    The tokenizer reads these two names from the folder (ClipTokenizer.from_folder). Manifests of
+    format 1 name them ("vocab": {"vocab": "vocab.json", ...}) without a hash, so their content can
+    be checked only where the manifest gives a file entry ({"file", "bytes", "sha256"}) instead.
+    """
+    folder = manifest.folder
+    names = manifest.raw.get("vocab") if isinstance(manifest.raw.get("vocab"), dict) else {}
+    for key, name in (("vocab", "vocab.json"), ("merges", "merges.txt")):
+        what = f"tokenizer vocabulary ({name})"
+        check_name(folder, name, what)       # the name the tokenizer reads: no symlink
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise ExportFolderError(f"{folder}: {name} (the tokenizer vocabulary) is missing: a partial copy; "
+                                    "copy the whole folder again or re-export it")
+        entry = names.get(key)
+        if isinstance(entry, dict):
+            if entry.get("file") != name:
+                raise ExportFolderError(f"{folder}/manifest.json: the {what} entry names {entry.get('file')!r}, "
+                                        f"the tokenizer reads {name}; re-export the folder")
+            verify_file(folder, entry, what)
+
+
 def load_runtime(source, backend: str = "onnxruntime", device=None, precision: str | None = None,
                  fusion: bool = True) -> Model:
     """Load the export folder `source` for `backend`; precision: fp32 | fp16 | int8 (ONNX Runtime only)."""
@@ -36,10 +59,7 @@ def load_runtime(source, backend: str = "onnxruntime", device=None, precision: s
         raise ValueError(f"backend {backend!r} is not a runtime backend ({', '.join(RUNTIME_BACKENDS)})")
     folder = os.fspath(source)
     manifest = read_manifest(folder)
-    for name in ("vocab.json", "merges.txt"):
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise ExportFolderError(f"{folder}: {name} (the tokenizer vocabulary) is missing: a partial copy; "
-                                    "copy the whole folder again or re-export it")
+    check_vocabulary(manifest)
     tokenizer = ClipTokenizer.from_folder(folder)
     dev = default_device(device)
     if backend == "tensorrt":

@@ -13,6 +13,7 @@ API: TensorRT Python API, "Migrating from TensorRT 8.x to 10.x" (named tensors, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -20,7 +21,7 @@ import torch
 from xclip_engine.engine.io.atomic import atomic_write
 from xclip_engine.engine.model.layers import causal_eot_trim
 
-from .manifest import ExportFolderError, Manifest
+from .manifest import CACHE_DIR, ExportFolderError, Manifest, verify_file
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -174,8 +175,20 @@ class TrtNet:
                                     "xclip-engine export --tensorrt")
         self.config = manifest.config
         self.max_batch, self.max_labels = int(info["max_batch"]), int(info["max_labels"])
-        self.text = _Engine(trt, os.path.join(manifest.folder, info["text"]["file"]), self.device)
-        self.video = _Engine(trt, os.path.join(manifest.folder, info["video"]["file"]), self.device)
+        for role in ("text", "video"):
+            if not isinstance(info.get(role), dict):
+                raise ExportFolderError(f"{manifest.folder}/manifest.json: the TensorRT section has no {role} "
+                                        "engine; rebuild them: xclip-engine export --model SOURCE --out "
+                                        f"{manifest.folder} --tensorrt")
+        # the plans' content is checked before TensorRT deserializes them (the ONNX graphs are not read
+        # here); cache/ holds the verified hashes, so a repeat load does not read the plans twice
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.join(manifest.folder, CACHE_DIR), exist_ok=True)
+        paths = {role: os.path.join(manifest.folder, info[role]["file"]) for role in ("text", "video")}
+        for role in paths:
+            verify_file(manifest.folder, info[role], f"TensorRT {role} engine")
+        self.text = _Engine(trt, paths["text"], self.device)
+        self.video = _Engine(trt, paths["video"], self.device)
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         ids = ids[:, : causal_eot_trim(ids)]

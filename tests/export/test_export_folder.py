@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import xclip_engine as xe
-from xclip_engine.export.manifest import FORMAT_VERSION, read_manifest
+from xclip_engine.export.manifest import FORMAT_VERSION, file_entry, read_manifest
 
 
 def test_folder_holds_everything_a_runtime_needs(tiny_export, reference):
@@ -85,7 +85,13 @@ def test_a_perturbed_graph_fails_its_check_with_a_table_naming_it(export_copy, r
     w.flat[0] += 0.5 * float(np.abs(w).max())
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save(graph, path)
-    manifest = read_manifest(export_copy)   # same file size: the manifest still reads
+    # an export that wrote a wrong graph: its manifest vouches for the file as written (a graph
+    # changed after export is refused on load instead, tests/export/test_folder_trust.py)
+    entry = file_entry(str(export_copy), "video.fp32.onnx")
+    data = json.loads((export_copy / "manifest.json").read_text())
+    data["graphs"]["video"]["fp32"] = entry
+    (export_copy / "manifest.json").write_text(json.dumps(data))
+    manifest = read_manifest(export_copy)
     ids, px = checks.sample_inputs(reference.config, reference.tokenizer, ["abseiling", "surfing water", "archery"])
     refs = checks.yardstick(reference.net, ids, px, ["fp32"])
     rows = {r.file: r for r in checks.check_precision(manifest, "fp32", refs, ids, px)}

@@ -76,6 +76,11 @@ def test_truncated_graph(export_copy):
 def test_corrupt_graph_of_the_right_size(export_copy):
     path = export_copy / "video.int8.onnx"
     path.write_bytes(b"\x00garbage" * (path.stat().st_size // 8) + b"\x00" * (path.stat().st_size % 8))
+    with pytest.raises(ExportFolderError, match=r"video\.int8\.onnx: its sha256 is .* the manifest says"):
+        load(export_copy, precision="int8")
+    # a manifest that vouches for the garbage: ONNX Runtime's refusal is the message
+    entry = file_entry(str(export_copy), "video.int8.onnx")
+    edit_manifest(export_copy, lambda d: d["graphs"]["video"].update(int8=entry))
     with pytest.raises(ExportFolderError, match=r"video\.int8\.onnx: ONNX Runtime cannot load this graph"):
         load(export_copy, precision="int8")
 

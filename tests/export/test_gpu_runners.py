@@ -315,10 +315,7 @@ def test_trtnet_on_bare_cuda_pins_the_current_device(fake_gpu, tmp_path):
     # runner keeps that index even if the caller switches devices later
     for role in ("text", "video"):
         (tmp_path / f"{role}.fp16.plan").write_bytes(b"plan")
-    manifest = types.SimpleNamespace(
-        folder=str(tmp_path), config=None,
-        tensorrt={"max_batch": 4, "max_labels": 16, "tensorrt_version": fake_gpu.__version__,
-                  "text": {"file": "text.fp16.plan"}, "video": {"file": "video.fp16.plan"}})
+    manifest = _plan_manifest(fake_gpu, tmp_path)
     cuda.current = 1
     net = trt_runner.TrtNet(manifest, "cuda")
     assert net.device == torch.device("cuda:1") and net.text.device == torch.device("cuda:1")
@@ -327,6 +324,28 @@ def test_trtnet_on_bare_cuda_pins_the_current_device(fake_gpu, tmp_path):
     net2 = trt_runner.TrtNet(manifest, "cuda:1")
     assert net2.video.device == torch.device("cuda:1")
     assert all(current == 1 for what, current, _ in log if what == "deserialize_cuda_engine")
+
+
+def _plan_manifest(fake_gpu, folder):
+    from xclip_engine.export.manifest import file_entry
+
+    return types.SimpleNamespace(
+        folder=str(folder), config=None,
+        tensorrt={"max_batch": 4, "max_labels": 16, "tensorrt_version": fake_gpu.__version__,
+                  "text": file_entry(str(folder), "text.fp16.plan"),
+                  "video": file_entry(str(folder), "video.fp16.plan")})
+
+
+def test_trtnet_refuses_an_altered_plan(fake_gpu, tmp_path):
+    from xclip_engine.export.manifest import ExportFolderError
+
+    for role in ("text", "video"):
+        (tmp_path / f"{role}.fp16.plan").write_bytes(b"plan")
+    manifest = _plan_manifest(fake_gpu, tmp_path)
+    (tmp_path / "video.fp16.plan").write_bytes(b"PLAN")          # same size, other content
+    with pytest.raises(ExportFolderError, match=r"video\.fp16\.plan: its sha256 is .*TensorRT video engine"):
+        trt_runner.TrtNet(manifest, "cuda:1")
+    assert not any(what == "deserialize_cuda_engine" for what, _, _ in log)
 
 
 def test_build_engine_builds_on_the_asked_device(fake_gpu, tmp_path):
