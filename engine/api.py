@@ -68,7 +68,7 @@ class Model:
         """Label strings (or token ids [K, 77]) -> text features [K, E]; cached per label set."""
         if torch.is_tensor(labels):
             return self.net.encode_text(labels.to(self.device))
-        labels = tuple(check_labels(labels))
+        labels = tuple(check_labels(labels, merge=False))   # rows match the labels asked for
         if labels not in self._text_cache:
             ids = self.tokenizer(list(labels), context_length=self.config.context_length)
             self._text_cache[labels] = self.net.encode_text(ids.to(self.device))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 # Official test-time preprocessing (VideoX X-CLIP/datasets/build.py): ImageNet mean/std on 0..255.
@@ -57,15 +58,84 @@ class XCLIPConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> XCLIPConfig:
+    def from_dict(cls, d: dict, origin: str = "config") -> XCLIPConfig:
+        """A validated config from a dict of our field names; errors name `origin` and the field."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{origin}: the X-CLIP config is {type(d).__name__}, expected an object of fields")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown X-CLIP config fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+            raise ConfigError(f"{origin}: unknown X-CLIP config fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d).validate(origin, {k: f"config.{k}" for k in known})
+
+    def validate(self, origin: str = "config", names: dict[str, str] | None = None) -> XCLIPConfig:
+        """Check types, ranges and the shape rules the model relies on, before anything is built.
+
+        A config read from a file can say anything: a string where a size goes, a zero patch, or
+        sizes that would take minutes and gigabytes to build before the weights are even looked at.
+        `names` maps our field names to the file's own (transformers' `vision_config.patch_size`),
+        so that the message names what the user has to edit. Returns self.
+        """
+        names = names or {}
+
+        def name(f):
+            return names.get(f, f)
+
+        for f, (lo, hi) in _INT_RANGES.items():
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{origin}: {name(f)} is {v!r} ({type(v).__name__}); expected a whole number "
+                                  f"from {lo} to {hi}")
+            if not lo <= v <= hi:
+                raise ConfigError(f"{origin}: {name(f)} is {v}; expected a whole number from {lo} to {hi}")
+        for f, (lo, hi) in _FLOAT_RANGES.items():
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{origin}: {name(f)} is {v!r}; expected a number")
+            if not lo <= v <= hi:
+                raise ConfigError(f"{origin}: {name(f)} is {v}; expected a number from {lo} to {hi}")
+        for width, heads in (("vision_width", "vision_heads"), ("text_width", "text_heads"),
+                             ("embed_dim", "mit_heads"), ("embed_dim", "prompt_heads")):
+            if getattr(self, width) % getattr(self, heads):
+                raise ConfigError(f"{origin}: {name(heads)} = {getattr(self, heads)} does not divide "
+                                  f"{name(width)} = {getattr(self, width)}; each attention head takes an equal share")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"{origin}: {name('image_size')} = {self.image_size} is not a multiple of "
+                              f"{name('patch_size')} = {self.patch_size}")
+        n = self.approx_parameters()
+        if n > MAX_PARAMETERS:
+            raise ConfigError(f"{origin}: this config describes a model of about {n / 1e9:.1f} billion parameters "
+                              f"(at most {MAX_PARAMETERS / 1e9:.0f} billion are accepted; X-CLIP L/14 has about 0.5); "
+                              "check the sizes in the file")
+        return self
+
+    def approx_parameters(self) -> int:
+        """Roughly how many parameters the model has (12 w^2 per transformer layer, embeddings, the
+        vision tower's message attention); enough to refuse absurd sizes before building them."""
+        v, t, e = self.vision_width, self.text_width, self.embed_dim
+        return (self.vision_layers * (12 * v * v + 4 * v * v) + 3 * self.patch_size ** 2 * v
+                + (self.num_patches + 1) * v + self.text_layers * 12 * t * t
+                + (self.vocab_size + self.context_length) * t
+                + (self.mit_layers + self.prompt_layers) * 12 * e * e + self.num_frames * e + v * e + t * e)
 
     def replace(self, **changes) -> XCLIPConfig:
         return dataclasses.replace(self, **changes)
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe an X-CLIP model; the message names the file and the field."""
+
+
+# Sane bounds: far above every released X-CLIP (L/14 at 336 px, 32 frames), far below what would
+# take minutes and tens of gigabytes to build. Layer counts of the two video heads may be 0.
+_INT_RANGES = {
+    "image_size": (1, 2048), "patch_size": (1, 512), "vision_width": (1, 8192), "vision_layers": (1, 128),
+    "vision_heads": (1, 1024), "text_width": (1, 8192), "text_layers": (1, 128), "text_heads": (1, 1024),
+    "vocab_size": (3, 1_000_000), "context_length": (2, 4096), "embed_dim": (1, 8192), "num_frames": (1, 1024),
+    "mit_layers": (0, 64), "mit_heads": (1, 1024), "prompt_layers": (0, 64), "prompt_heads": (1, 1024),
+}
+_FLOAT_RANGES = {"prompt_alpha": (-1e3, 1e3), "layer_norm_eps": (1e-12, 1.0)}
+MAX_PARAMETERS = 4_000_000_000
 
 
 def _base(patch: int, frames: int) -> XCLIPConfig:

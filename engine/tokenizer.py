@@ -23,6 +23,8 @@ import ftfy
 import regex
 import torch
 
+from .io.labels import LabelWarning
+
 BUNDLED_MERGES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "bpe_simple_vocab_16e6.txt.gz")
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 EOW = "</w>"
@@ -101,6 +103,7 @@ class ClipTokenizer:
         # Per-instance memo: label sets repeat the same words ("playing", "guitar") over and over, and
         # BPE on a word is the costly step. Bounded so that free text in a server cannot grow it forever.
         self._bpe = lru_cache(maxsize=1 << 16)(self._bpe_word)
+        self._warned_long: set[str] = set()   # labels already reported as too long (reported once)
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike) -> ClipTokenizer:
@@ -177,14 +180,24 @@ class ClipTokenizer:
             ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
             if len(ids) > context_length:
                 # CLIP's own tokenize(truncate=True) does the same: keep the head, end on EOT so the
-                # text tower still finds the sentence end. Warn, since the tail of the name is lost.
-                short = text if len(text) <= 60 else text[:57] + "..."
-                warnings.warn(f"label {row} {short!r} has {len(ids)} tokens with SOT/EOT, more than "
-                              f"context_length={context_length}; truncated, keeping EOT", stacklevel=2)
+                # text tower still finds the sentence end. Said once per label and tokenizer, in words,
+                # since the tail of the name is lost and the user may want to shorten it.
+                n_tokens = len(ids)
                 ids = ids[:context_length]
                 ids[-1] = self.eot_token_id
+                if text not in self._warned_long:
+                    self._warned_long.add(text)
+                    self._warn_long(text, n_tokens, ids, context_length)
             out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
+
+    def _warn_long(self, text: str, n_tokens: int, kept: list[int], context_length: int) -> None:
+        short = text if len(text) <= 40 else text[:37] + "..."
+        seen = self.decode(kept[1:-1])
+        tail = seen if len(seen) <= 40 else "..." + seen[-37:]
+        warnings.warn(f"label {short!r} is {n_tokens} tokens (with the start and end marks); the model reads the "
+                      f"first {context_length}, up to {tail!r}, and ignores the rest: shorten the label to keep "
+                      "all of it", LabelWarning, stacklevel=3)
 
     def save_vocabulary(self, folder: str | os.PathLike) -> tuple[str, str]:
         """Write `vocab.json` and `merges.txt` in transformers' layout; returns their paths."""

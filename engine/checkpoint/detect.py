@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .convert import CheckpointError
+from .files import permission_denied
 from .format_official import is_torch_file, read_official
 from .format_ours import (
     OUR_JSON,
@@ -73,4 +74,7 @@ def detect(source: Source) -> Format:
 def read_checkpoint(path: str, arch: str | None = None) -> Loaded:
     """Read the model at `path` (an existing file or folder) in whichever format it is in."""
     source = Source(path)
-    return detect(source).read(source, arch)
+    try:
+        return detect(source).read(source, arch)
+    except PermissionError as e:   # any file a reader opens itself (config.json, ...): name the cause
+        raise permission_denied(e.filename or path) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import XCLIPConfig, get_entry
+from ..config import ConfigError, XCLIPConfig, get_entry
 from . import keys
 from .convert import CheckpointError
 from .loaded import Loaded, Source, arch_config, build_xclip
@@ -61,7 +61,7 @@ def config_from_official(sd: dict, origin: str) -> XCLIPConfig:
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     text_width = sd["ln_final.weight"].shape[0]
     embed = sd["text_projection"].shape[1]
-    return XCLIPConfig(
+    config = XCLIPConfig(
         image_size=patch * grid, patch_size=patch, vision_width=width,
         vision_layers=_count(sd, "visual.transformer.resblocks."), vision_heads=width // 64,
         text_width=text_width, text_layers=_count(sd, "transformer.resblocks."), text_heads=text_width // 64,
@@ -71,3 +71,7 @@ def config_from_official(sd: dict, origin: str) -> XCLIPConfig:
         prompt_layers=_count(sd, "prompts_generator.decoder."), prompt_heads=embed // 64,
         prompt_alpha=0.1,
     )
+    try:
+        return config.validate(f"{origin} (architecture read off the tensor shapes)")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None

@@ -4,13 +4,14 @@ the same fields plus the training state). Keys are our own: no conversion table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 from ..config import XCLIPConfig
 from ..io.atomic import atomic_write, write_via_temp
 from .convert import CheckpointError
-from .files import read_safetensors
+from .files import read_json, read_safetensors
 from .loaded import Loaded, Source, build_xclip
 
 FORMAT_NAME = "xclip-engine"
@@ -18,6 +19,8 @@ FORMAT_VERSION = 1
 OUR_JSON = "xclip_engine.json"
 WEIGHTS = "model.safetensors"
 SHIPPED_MODE = 0o644   # safetensors creates 0600 files; a shipped model must be readable by all
+# our config fields as errors name them: where they sit in the metadata
+OUR_NAMES = {f.name: f"config.{f.name}" for f in dataclasses.fields(XCLIPConfig)}
 
 
 # ---- detectors and readers (detect.py orders them) ---------------------------------------------
@@ -27,14 +30,13 @@ def is_ours_folder(source: Source) -> bool:
 
 def read_ours_folder(source: Source, arch: str | None) -> Loaded:
     meta_path = source.file(OUR_JSON)
-    with open(meta_path, encoding="utf-8") as f:
-        config, meta = parse_our_meta(json.load(f), meta_path)
+    config, meta = parse_our_meta(read_json(meta_path, f"the {FORMAT_NAME} metadata"), meta_path)
     weights = source.file(WEIGHTS)
     if not os.path.isfile(weights):
         raise CheckpointError(f"{source.path}: has {OUR_JSON} but no {WEIGHTS} (an interrupted copy?)")
     tensors, _ = read_safetensors(weights)
-    return Loaded(build_xclip(config, tensors, weights), "xclip-engine", source.path, source.vocab_dir(),
-                  meta.get("labels"), meta)
+    model = build_xclip(config, tensors, weights, config_origin=meta_path, names=OUR_NAMES)
+    return Loaded(model, "xclip-engine", source.path, source.vocab_dir(), meta.get("labels"), meta)
 
 
 def is_safetensors_file(source: Source) -> bool:
@@ -47,8 +49,13 @@ def read_ours_safetensors(source: Source, arch: str | None) -> Loaded:
     if "xclip_engine" not in meta:
         raise CheckpointError(f"{path}: a safetensors file without xclip-engine metadata; for a "
                               "transformers checkpoint pass the folder that holds config.json")
-    config, info = parse_our_meta(json.loads(meta["xclip_engine"]), path)
-    return Loaded(build_xclip(config, tensors, path), "xclip-engine", path, None, info.get("labels"), info)
+    try:
+        raw = json.loads(meta["xclip_engine"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: the xclip_engine metadata is not valid JSON ({e.msg})") from None
+    config, info = parse_our_meta(raw, path)
+    model = build_xclip(config, tensors, path, names=OUR_NAMES)
+    return Loaded(model, "xclip-engine", path, None, info.get("labels"), info)
 
 
 def is_trainer_checkpoint(source: Source) -> bool:
@@ -62,21 +69,29 @@ def read_trainer_checkpoint(source: Source, arch: str | None) -> Loaded:
     path = source.path
     obj = source.torch_object()
     config, info = parse_our_meta(obj, path)
-    return Loaded(build_xclip(config, obj["model"], path), "xclip-engine", path, None, info.get("labels"),
+    model = build_xclip(config, obj["model"], path, names=OUR_NAMES)
+    return Loaded(model, "xclip-engine", path, None, info.get("labels"),
                   {k: v for k, v in info.items() if k != "model"})
 
 
 # ---- metadata and saving -----------------------------------------------------------------------
 def parse_our_meta(meta: dict, origin: str) -> tuple[XCLIPConfig, dict]:
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{origin}: the metadata is a JSON {type(meta).__name__}, expected an object")
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{origin}: not an {FORMAT_NAME} checkpoint (format={meta.get('format')!r})")
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+    version = meta.get("format_version", -1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{origin}: format_version is {version!r}, expected a whole number")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{origin}: written by a newer xclip-engine (format_version "
                               f"{meta.get('format_version')} > {FORMAT_VERSION}); upgrade xclip-engine")
-    try:
-        return XCLIPConfig.from_dict(meta["config"]), meta
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{origin}: bad config in the checkpoint's metadata ({e})") from None
+    if "config" not in meta:
+        raise CheckpointError(f"{origin}: the metadata has no 'config'")
+    try:   # validated field by field (engine/config.py) before anything is built
+        return XCLIPConfig.from_dict(meta["config"], origin), meta
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{e}" if str(e).startswith(origin) else f"{origin}: bad config ({e})") from None
 
 
 def save_ours(state_dict: dict, config: XCLIPConfig, path: str, **extra) -> str:

@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 
 from ..config import XCLIPConfig, get_entry
 from ..model import XCLIP
-from .convert import CheckpointError, convert_state_dict, identity_table
+from .convert import (
+    CheckpointError,
+    _describe_rule,
+    _fetch,
+    _pattern,
+    convert_state_dict,
+    identity_table,
+)
 from .files import torch_load_weights
 
 _UNREAD = object()
@@ -50,9 +57,72 @@ class Source:
         return self._torch
 
 
-def build_xclip(config: XCLIPConfig, tensors: dict, origin: str, table=None, drop=()) -> XCLIP:
+# Tensors whose shapes spell out the config, in our key layout: (key, the shape `config` implies,
+# the field each dimension comes from). Together with the layer counts below they fix every size
+# in XCLIPConfig, so when they agree the model's shapes do too (4x MLPs are checked by the readers).
+_SHAPE_FACTS = [
+    ("visual.conv1.weight", lambda c: (c.vision_width, 3, c.patch_size, c.patch_size),
+     ("vision_width", None, "patch_size", "patch_size")),
+    ("visual.positional_embedding", lambda c: (c.num_patches + 1, c.vision_width), ("image_size", "vision_width")),
+    ("text.token_embedding.weight", lambda c: (c.vocab_size, c.text_width), ("vocab_size", "text_width")),
+    ("text.positional_embedding", lambda c: (c.context_length, c.text_width), ("context_length", "text_width")),
+    ("text.text_projection", lambda c: (c.text_width, c.embed_dim), ("text_width", "embed_dim")),
+    ("mit.positional_embedding", lambda c: (1, c.num_frames, c.embed_dim), (None, "num_frames", "embed_dim")),
+]
+_LAYER_FACTS = [("vision_layers", "visual.blocks.{}.ln_1.weight"), ("text_layers", "text.blocks.{}.ln_1.weight"),
+                ("mit_layers", "mit.blocks.{}.ln_1.weight"),
+                ("prompt_layers", "prompts_generator.layers.{}.norm1.weight")]
+
+
+def check_config_against_weights(config: XCLIPConfig, tensors: dict, origin: str, table=None,
+                                 config_origin: str | None = None, names: dict | None = None) -> None:
+    """Compare the config's sizes with the weights' own shapes and layer counts, without building
+    anything: a config that does not describe these weights fails in milliseconds, naming the
+    config file, the field, the tensor and both shapes, instead of after building a model of the
+    config's size. Tensors that are absent are left to the strict load, which lists them."""
+    config_origin, names = config_origin or origin, names or {}
+
+    def rule_of(key):
+        return key if table is None else table.get(_pattern(key)[0])
+
+    def shape(rule, numbers):
+        if rule is None:
+            return None
+        try:
+            t = _fetch(rule, numbers, tensors, set())
+        except RuntimeError:   # e.g. a transposed rule on a tensor that is not 2-D: the strict load names it
+            return None
+        return None if t is None or not hasattr(t, "shape") else tuple(t.shape)
+
+    def fields(fs):
+        return ", ".join(f"{names.get(f, f)} = {getattr(config, f)}" for f in dict.fromkeys(fs))
+
+    for key, expect, dims in _SHAPE_FACTS:
+        rule = rule_of(key)
+        have, want = shape(rule, []), expect(config)
+        if have is None or have == want:
+            continue
+        wrong = [f for f, a, b in zip(dims, have, want, strict=False) if f and a != b] if len(have) == len(want) \
+            else [f for f in dims if f]
+        raise CheckpointError(
+            f"{config_origin}: {fields(wrong)} does not fit the weights: {_describe_rule(rule, [])} in {origin} "
+            f"has shape {have}, this config expects {want} (for {key})")
+    for field_name, key in _LAYER_FACTS:
+        rule = rule_of(key)
+        count = 0
+        while rule is not None and count < 10_000 and shape(rule, [str(count)]) is not None:
+            count += 1
+        if count and count != getattr(config, field_name):
+            raise CheckpointError(
+                f"{config_origin}: {fields([field_name])} does not fit the weights: {origin} has {count} such "
+                f"layers ({_describe_rule(rule, ['0'])} ... {_describe_rule(rule, [str(count - 1)])})")
+
+
+def build_xclip(config: XCLIPConfig, tensors: dict, origin: str, table=None, drop=(),
+                config_origin: str | None = None, names: dict | None = None) -> XCLIP:
     """An XCLIP of `config` with `tensors` (converted through the key `table`; None: our own keys)
-    loaded strictly, in eval mode."""
+    loaded strictly, in eval mode. The config is checked against the tensors' shapes first."""
+    check_config_against_weights(config, tensors, origin, table, config_origin, names)
     model = XCLIP(config)
     target = model.state_dict()
     sd = convert_state_dict(tensors, target, identity_table(target) if table is None else table, drop, origin)

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+from xclip_engine.engine.io.labels import LabelWarning
 from xclip_engine.engine.tokenizer import ClipTokenizer
 
 SOT, EOT = 49406, 49407
@@ -48,8 +49,12 @@ def test_truncation_warns_and_keeps_eot(tok):
         warnings.simplefilter("error")
         tok(" ".join(["a"] * 75))  # SOT + 75 + EOT = 77: fits exactly, no warning
     long_label = " ".join(["a"] * 76)
-    with pytest.warns(UserWarning, match=r"label 1 'a a a .*\.\.\.' has 78 tokens .*context_length=77"):
+    said = r"label 'a a a .*\.\.\.' is 78 tokens .* reads the first 77, up to '\.\.\.a a a"
+    with pytest.warns(LabelWarning, match=said):
         ids = tok(["b", long_label])
+    with warnings.catch_warnings():   # said once per label: the same label again is quiet
+        warnings.simplefilter("error")
+        tok([long_label])
     row = ids[1]
     assert row[0] == SOT and row[-1] == EOT and int(row.argmax()) == 76
     assert row[1:76].tolist() == tok.encode(long_label)[:75]
