@@ -7,8 +7,9 @@ in PyAV and OpenCV through the others.
 """
 
 _EXPORTS = {
-    "VideoError": "errors", "read_video": "reader", "read_frames": "reader", "count_frames": "reader",
-    "DecodeStats": "reader", "parse_views": "transforms", "read_clip": "decoders",
+    "VideoError": "errors", "TruncatedVideoWarning": "errors", "read_video": "reader",
+    "read_frames": "reader", "count_frames": "reader",
+    "DecodeStats": "reader", "collect_stats": "reader", "parse_views": "transforms", "read_clip": "decoders",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -34,7 +34,7 @@ from typing import NamedTuple
 import av
 import numpy as np
 
-from .reader import VideoError, frame_matrix, read_video
+from .reader import DecodeStats, VideoError, collect_stats, frame_matrix, read_video
 
 DECODERS = ("auto", "dali", "pyav")
 DALI_CPU_CODECS = ("vp8", "vp9", "mjpeg")   # what DALI's CPU video decoder accepts
@@ -306,7 +306,7 @@ def _first_dali_clip(path, num_frames, size, views, device, forced, key):
 
 
 def read_clip(path, num_frames: int, size: int, views: str = "1x1", decoder: str = "auto",
-              device=None) -> np.ndarray:
+              device=None, *, stats: DecodeStats | None = None) -> np.ndarray:
     """A video file -> X-CLIP input ``[V, num_frames, 3, size, size]`` float32 (V = clips x crops).
 
     The PyAV path returns exactly ``engine.video.read_video(path, num_frames, size, views)``;
@@ -317,7 +317,16 @@ def read_clip(path, num_frames: int, size: int, views: str = "1x1", decoder: str
     process on a device is also decoded with PyAV and compared (``DALI_CHECK_MAX_GAP``); when
     they disagree, one ``DecoderMismatchWarning`` names the file and the difference, that clip
     is PyAV's and ``auto`` uses PyAV on that device from then on (a forced ``dali`` keeps DALI).
+
+    ``stats`` (``DecodeStats``) gets the reader's counters, on both paths: DALI decodes the indices
+    sampled from PyAV's packet count, so the container's declared count and the frames found
+    come from the same scan (``stats.warning(path)`` says when a truncated file lost frames).
     """
+    with collect_stats(stats):
+        return _read_clip(path, num_frames, size, views, decoder, device)
+
+
+def _read_clip(path, num_frames, size, views, decoder, device) -> np.ndarray:
     chosen = choose_decoder(path, decoder, device)
     if chosen == "pyav":
         return read_video(path, num_frames=num_frames, size=size, views=views)

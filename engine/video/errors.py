@@ -22,6 +22,11 @@ class VideoError(Exception):
         return type(self), (self.path, self.message)
 
 
+class TruncatedVideoWarning(RuntimeWarning):
+    """A video answered from fewer frames than its container declares (a truncated file); the
+    message names the file and both counts (``DecodeStats.warning``)."""
+
+
 @contextlib.contextmanager
 def no_av_errors(path):
     """Last safety net: an FFmpeg error that slipped past the reader's own handling still names the file."""

@@ -26,6 +26,11 @@ which takes the frame count from ``len(VideoReader)`` (pipeline.py:1808) and fet
   a plain pass from the start, indexing frames in output order. ``read_video`` then re-counts the
   frames that really decode and samples among those (a truncated file gives the frames that
   survived); ``read_frames`` raises ``VideoError`` for an index beyond them.
+* Honesty about such answers: ``DecodeStats.frames_declared`` is the count the container claims
+  (the header's, e.g. MP4's sample count, else the packets found when the file shows damage) next
+  to ``frames_in_file``, the count the answer is sampled from; ``DecodeStats.warning`` words the
+  difference for result rows. Stats reach callers that cannot pass ``stats=`` down (``read_clip``
+  through DALI's planner, decode workers) through ``collect_stats``, per thread.
 * Any pixel format becomes RGB24 via FFmpeg's swscale; the display matrix (rotation and flips,
   e.g. phone videos) is applied so frames are upright, as players and ffmpeg's autorotate show
   them (decord ignores it). The pixel aspect ratio is ignored, as decord does.
@@ -37,13 +42,14 @@ import bisect
 import contextlib
 import itertools
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import av
 import numpy as np
 
-from .errors import REENCODE, VideoError, no_av_errors
+from .errors import REENCODE, TruncatedVideoWarning, VideoError, no_av_errors
 from .sampling import sample_clip_indices, sample_indices
 from .transforms import (
     MEAN,
@@ -60,8 +66,8 @@ from .transforms import (
 )
 
 __all__ = [
-    "MEAN", "STD", "DecodeStats", "VideoError", "apply_display_matrix", "center_crop",
-    "count_frames", "normalize", "parse_views", "preprocess", "read_frames", "read_video",
+    "MEAN", "STD", "DecodeStats", "TruncatedVideoWarning", "VideoError", "apply_display_matrix", "center_crop",
+    "collect_stats", "count_frames", "normalize", "parse_views", "preprocess", "read_frames", "read_video",
     "rescaled_size", "resize_short_side", "resize_target", "sample_clip_indices", "sample_indices",
     "three_crop", "three_crop_offsets",
 ]
@@ -76,6 +82,41 @@ class DecodeStats:
     seeks: int = 0
     full_passes: int = 0      # fallback decodes from the start
     decode_errors: int = 0    # packets the decoder rejected
+    # The frame count the container claims (>= frames_in_file): its header's where it has one,
+    # else the packets found, but only once the file showed damage (a corrupt packet, a demuxer
+    # or decoder error); a healthy file's decoder may legitimately give fewer frames than packets.
+    frames_declared: int = 0
+
+    def warning(self, path=None) -> str | None:
+        """A sentence for a result row when fewer frames are usable than the container declares
+        (a truncated file still gets an answer, from the frames that survived); None otherwise."""
+        n, declared = self.frames_in_file, self.frames_declared
+        if not 0 < n < declared:
+            return None
+        where = f"{os.fspath(path)}: " if path is not None else ""
+        return (f"{where}decoded {n} of the {declared} frames the container declares; the answer is from "
+                f"those {n} (the file is truncated or damaged: re-encode or re-download it)")
+
+
+# Stats for reads that happen below callers which cannot pass ``stats=`` (read_clip's DALI planner,
+# decoder stand-ins in tests): one slot per thread, as decode workers are threads.
+_collecting = threading.local()
+
+
+@contextlib.contextmanager
+def collect_stats(stats: DecodeStats | None):
+    """Within the block, every video opened in this thread without its own ``stats=`` counts into
+    ``stats`` (None: leave the current collector). The last file read sets ``frames_in_file`` and
+    ``frames_declared``, which is the file the answer came from (a fallback reads last)."""
+    if stats is None:
+        yield None
+        return
+    before = getattr(_collecting, "stats", None)
+    _collecting.stats = stats
+    try:
+        yield stats
+    finally:
+        _collecting.stats = before
 
 
 class FrameMismatch(Exception):
@@ -125,6 +166,8 @@ class VideoFile:
 
     def __init__(self, path, stats: DecodeStats | None = None):
         self.path = os.fspath(path)
+        if stats is None:
+            stats = getattr(_collecting, "stats", None)
         self.stats = stats if stats is not None else DecodeStats()
         if not os.path.exists(self.path):
             raise VideoError(self.path, "file not found; check the path")
@@ -185,15 +228,31 @@ class VideoFile:
     def _scan(self) -> None:
         """Read (not decode) every video packet: count frames, map pts -> presentation rank."""
         self.pts, self.dts, keys = [], [], []
+        # What the container says it holds, for DecodeStats.frames_declared: MP4/MOV/AVI headers
+        # count every sample, including those that are no frames (edit-list discards, AVI's empty
+        # "drop" frames), so those are taken off again; 0 = no count in the header (WebM, MKV, TS).
+        self.header_frames = max(int(self.stream.frames or 0), 0)
+        not_frames, self.damaged = 0, False
         try:
             for pkt in self.container.demux(self.stream):
-                if pkt.size == 0 or pkt.is_corrupt or getattr(pkt, "is_discard", False):
-                    continue  # end-of-stream marker, a packet cut by truncation, edit-list cut
+                if pkt.size == 0:
+                    # the end-of-stream marker has no timestamps; an empty sample with them is a
+                    # frame the header counts but that holds no picture
+                    not_frames += pkt.pts is not None or pkt.dts is not None
+                    continue
+                if pkt.is_corrupt:
+                    self.damaged = True  # a packet cut by truncation
+                    continue
+                if getattr(pkt, "is_discard", False):
+                    not_frames += 1  # an edit-list cut: the header counts it, it is no frame
+                    continue
                 self.pts.append(pkt.pts)
                 self.dts.append(pkt.dts)
                 keys.append(bool(pkt.is_keyframe))
         except av.FFmpegError:
-            pass  # a damaged or truncated tail: the packets read so far are the video
+            self.damaged = True  # a damaged or truncated tail: the packets read so far are the video
+        if self.header_frames:
+            self.header_frames = max(self.header_frames - not_frames, 0)
         self.stats.packets_scanned += len(self.pts)
         self.keyframes = [i for i, k in enumerate(keys) if k]
         self.exact = bool(self.pts) and None not in self.pts and len(set(self.pts)) == len(self.pts)
@@ -206,7 +265,15 @@ class VideoFile:
             self.num_frames = self.count_decodable()
         if self.num_frames == 0:
             raise VideoError(self.path, "has a video stream but no decodable frames; " + REENCODE)
-        self.stats.frames_in_file = self.num_frames
+        self.set_count(self.num_frames)
+
+    def set_count(self, n: int) -> None:
+        """Record ``n`` as the frame count the answer is sampled from, next to the declared one."""
+        declared = self.header_frames
+        if not declared and (self.damaged or self.stats.decode_errors):
+            declared = len(self.pts)  # no header count: the packets are the claim, once damage showed
+        self.stats.frames_in_file = n
+        self.stats.frames_declared = max(declared, n)
 
     def _seek_packet(self, pos: int) -> int | None:
         """Packet to start decoding from for packet ``pos``: the last keyframe before it in decode
@@ -385,7 +452,7 @@ def read_video(path, num_frames: int = 8, size: int = 224, views: str = "1x1", *
             if n == 0:
                 raise VideoError(video.path, "has a video stream but no decodable frames; "
                                  + REENCODE) from None
-            video.stats.frames_in_file = n
+            video.set_count(n)
             flat = [i for clip in sample_clip_indices(n, num_frames, num_clips, seed) for i in clip]
             frames = video.read_sequential(flat)
     return preprocess(frames, size=size, views=views, mean=mean, std=std)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..io.labels import check_labels
 from .decoders import choose_decoder
-from .reader import VideoError
+from .reader import TruncatedVideoWarning, VideoError
 from .sampling import sample_indices
 from .transforms import preprocess
 
@@ -121,6 +122,8 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
 
     Returns ``{"path", "duration", "window", "stride", "labels", "windows": [{"start", "end",
     "top": [[label, score], ...], "scores": [one softmax score per label]}]}``; times in seconds.
+    A truncated file (fewer frames than its container declares) is scored along the frames that
+    survived, and the dict gets a ``"warning"`` saying so (``DecodeStats.warning``).
     ``decoder``: "auto" | "dali" | "pyav" (see ``engine.video.decoders``).
     """
     window, stride = check_seconds("window", window), check_seconds("stride", stride)
@@ -138,6 +141,8 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
     frames = _PyAVFrames(path)
     try:
         times = frames.frame_times()
+        # the windows span the frames the packet scan found; said here for both decoders
+        warning = frames.video.stats.warning(path)
         duration = _duration(times, _fps(frames.video.stream))
         bounds = window_bounds(duration, window, stride)
         clips = [window_indices(times, s, e, t) for s, e in bounds]
@@ -179,8 +184,11 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
         out_windows.append({"start": round(start, 6), "end": round(end, 6),
                             "top": [[labels[i], float(p[i])] for i in order],
                             "scores": [float(x) for x in p]})
-    return {"path": path, "duration": round(duration, 6), "window": window, "stride": stride,
-            "labels": labels, "windows": out_windows}
+    out = {"path": path, "duration": round(duration, 6), "window": window, "stride": stride,
+           "labels": labels, "windows": out_windows}
+    if warning is not None:
+        out["warning"] = warning   # only when set: healthy videos' timelines keep their keys
+    return out
 
 
 def plot_timeline(timeline: dict, png_path: str, max_labels: int = 5) -> None:
@@ -244,6 +252,8 @@ def timeline_rows(model, paths, known_errors, labels, window: float, stride: flo
             continue
         row.setdefault("path", path)
         row.setdefault("error", None)
+        if row.get("warning"):
+            warnings.warn(row["warning"], TruncatedVideoWarning, stacklevel=1)   # stderr, once per file
         if path in plots:
             try:
                 plot_timeline(row, plots[path])

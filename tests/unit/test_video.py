@@ -197,6 +197,7 @@ def test_truncated_mp4_uses_the_frames_that_decode(tmp_path, num_frames):
     stats = V.DecodeStats()
     x = V.read_video(path, 8, size=32, stats=stats)
     assert x.shape == (1, 8, 3, 32, 32) and stats.frames_in_file == len(truth)
+    assert stats.frames_declared == num_frames and str(len(truth)) in stats.warning(path)  # said, not hidden
     idx = V.sample_indices(len(truth), 8)
     assert indices_of(V.read_frames(path, idx)) == [truth[i] for i in idx]
 
