@@ -193,6 +193,15 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
     except ValueError as e:
         _usage_error(str(e))
 
+    if output is not None:
+        # what the path alone can tell, before a model loads for seconds (xe.infer checks it all again)
+        from .io.output import check_output_path
+        from .io.results import shard_output_path
+
+        try:
+            check_output_path(shard_output_path(output, *(shard or (0, 1))), resume=resume, overwrite=overwrite)
+        except ResultsFileError as e:
+            _usage_error(str(e))
     if threads is not None:
         import torch
 

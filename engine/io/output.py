@@ -90,6 +90,24 @@ def check_not_an_input(output: str, inputs) -> None:
                                   "reads (writing would destroy it); pick another --output")
 
 
+def check_output_path(path: str, *, resume: bool, overwrite: bool) -> None:
+    """The checks that need nothing but the path, cheap enough to run before a model loads: the
+    output must not be a folder, its folder must exist, and an existing file needs resume or
+    overwrite."""
+    if os.path.isdir(path):
+        raise OutputFileError(f"--output {path} is a folder: give a file path inside it, e.g. {path.rstrip('/')}"
+                              "/results.jsonl")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputFileError(f"--output {path}: the folder {folder} does not exist; create it first or pick "
+                              "another --output")
+    if (_is_regular(path) and not resume and not overwrite and os.path.exists(path)
+            and os.path.getsize(path) > 0):
+        raise OutputFileError(
+            f"{path} exists already: pass --resume (xe.infer: resume=True) to continue it, or --overwrite "
+            "(overwrite=True) to replace it once the new results are complete; nothing was written")
+
+
 class OutputFile:
     """One run's hold on its --output path: the lock (taken here), then `open()` on the first row,
     `commit()` when every input is answered, `release()` always (idempotent)."""
@@ -97,6 +115,7 @@ class OutputFile:
     def __init__(self, path: str, *, resume: bool, overwrite: bool, jsonl: bool):
         if resume and overwrite:
             raise OutputFileError("resume continues the output file and overwrite replaces it: pass one of them")
+        check_output_path(path, resume=resume, overwrite=overwrite)
         self.path, self.resume, self.jsonl = path, resume, jsonl
         self.regular = _is_regular(path)
         self._lock_fd = None

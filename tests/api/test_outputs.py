@@ -294,3 +294,26 @@ def _play(tiny, folder, ops):
         assert not leftovers(folder)
     list(start({"resume": True}))                          # a last resume always completes the file
     assert answered_once(out, paths)
+
+
+# ---- an output path that cannot be a results file: refused before the model loads -------------------
+def test_output_that_is_a_folder_or_in_a_missing_folder_is_refused_before_loading(tiny_hf, inputs, tmp_path,
+                                                                                  monkeypatch):
+    from xclip_engine.engine import api
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(api, "load", no_load)
+    r = cli(tiny_hf, *inputs, "-o", tmp_path)
+    assert r.exit_code == 2 and "is a folder" in r.stderr, r.output
+    r = cli(tiny_hf, *inputs, "-o", tmp_path / "missing" / "out.jsonl")
+    assert r.exit_code == 2 and "does not exist" in r.stderr, r.output
+    (tmp_path / "old.jsonl").write_text("keep me\n")
+    r = cli(tiny_hf, *inputs, "-o", tmp_path / "old.jsonl")
+    assert r.exit_code == 2 and "--overwrite" in r.stderr and (tmp_path / "old.jsonl").read_text() == "keep me\n"
+    monkeypatch.undo()
+    with pytest.raises(ResultsFileError, match="is a folder"):
+        xe.infer(inputs, str(tiny_hf), LABELS, output=str(tmp_path))
+    with pytest.raises(ResultsFileError, match="does not exist"):
+        xe.infer(inputs, str(tiny_hf), LABELS, output=str(tmp_path / "missing" / "out.jsonl"))
