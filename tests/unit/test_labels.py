@@ -9,7 +9,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from video_factory import write_index_video
-from xclip_factory import TINY_HF, hf_model
 
 import xclip_engine as xe
 from xclip_engine.engine import cli
@@ -25,10 +24,8 @@ def infer(*args):
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-hf")
-    hf_model(TINY_HF).save_pretrained(folder)
-    return folder
+def tiny_folder(tiny_hf):
+    return tiny_hf   # the session's tiny transformers folder (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
