@@ -3,6 +3,10 @@
 #
 #   bash scripts/gpu_check.sh [OUT]              # on a GPU machine, from a fresh clone (about 8 min)
 #   bash scripts/gpu_check.sh --cpu-half [OUT]   # the same steps where no GPU is needed (CI runs it)
+#   bash scripts/gpu_check.sh --no-setup [OUT]   # a GPU machine without network: its own python
+#                                                # (XCLIP_PYTHON, default python3) with torch and triton
+#                                                # already there; carry what it lacks (PyAV, ftfy) as
+#                                                # wheels on PYTHONPATH
 #
 # Steps, each bounded in time; a failing step is recorded and the next one still runs:
 #   setup     bash scripts/setup.sh dev gpu (torch's CUDA build checked, onnxruntime-gpu, TensorRT, DALI)
@@ -16,12 +20,23 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 CPU_HALF=0
-if [ "${1:-}" = "--cpu-half" ]; then CPU_HALF=1; shift; fi
+SETUP=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --cpu-half) CPU_HALF=1; SETUP=0; shift ;;
+    --no-setup) SETUP=0; shift ;;
+    -*) echo "usage: bash scripts/gpu_check.sh [--cpu-half | --no-setup] [OUT]" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
 OUT=${1:-benchmarks/results/gpu_check}
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 VENV=${XCLIP_VENV:-.venv}
-PY=$VENV/bin/python
+if [ -n "${XCLIP_PYTHON:-}" ]; then PY=$XCLIP_PYTHON
+elif [ "$SETUP" -eq 0 ] && [ ! -x "$VENV/bin/python" ]; then PY=python3
+else PY=$VENV/bin/python
+fi
 STEPS="$OUT/steps.jsonl"
 : > "$STEPS"
 export XCLIP_ENGINE_CACHE="$OUT/auto_cache"   # a fresh verdict: doctor and the ladder measure on this run
@@ -44,19 +59,20 @@ if [ "$CPU_HALF" -eq 0 ]; then
     echo "gpu_check: no NVIDIA GPU here (nvidia-smi -L fails); run with --cpu-half for the CPU steps" >&2
     exit 2
   fi
-  step setup 420 bash scripts/setup.sh dev gpu
+  if [ "$SETUP" -eq 1 ]; then step setup 420 bash scripts/setup.sh dev gpu; fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/logs/nvidia-smi.txt" 2>&1
 fi
-if [ ! -x "$PY" ]; then
-  echo "gpu_check: no $PY: run bash scripts/setup.sh dev first" >&2
+if ! command -v "$PY" >/dev/null 2>&1; then
+  echo "gpu_check: no $PY: run bash scripts/setup.sh dev first (or set XCLIP_PYTHON)" >&2
   exit 2
 fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # xclip_engine from this checkout, installed or not
 
 GPU_TESTS=(tests/export/test_tensorrt.py tests/export/test_gpu_runners.py tests/video/test_dali_checks.py
            tests/video/test_dali_pipeline.py tests/parity/test_triton_backend.py)
 KERNELS=(frame_attention message_attention prompt_attention layer_norm quick_gelu triton_backend)
 
-step doctor 300 bash -c "'$VENV/bin/xclip-engine' doctor --json > '$OUT/doctor.json'"
+step doctor 300 bash -c "'$PY' -m xclip_engine.engine.cli doctor --json > '$OUT/doctor.json'"
 if [ "$CPU_HALF" -eq 0 ]; then
   step parity 600 "$PY" -m pytest -q -rs tests/parity --junitxml="$OUT/parity.xml"
   step gpu-tests 420 "$PY" -m pytest -q -rs "${GPU_TESTS[@]}" --junitxml="$OUT/gpu-tests.xml"
