@@ -15,6 +15,7 @@ SUBPACKAGES = {
     "xclip_engine.engine.runtime": "engine/runtime",
     "xclip_engine.engine.video": "engine/video",
     "xclip_engine.engine.io": "engine/io",
+    "xclip_engine.engine.serve": "engine/serve",
     "xclip_engine.kernels": "kernels",
     "xclip_engine.export": "export",
     "xclip_engine.train": "train",
@@ -60,7 +61,11 @@ setup(
         "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4", 'triton>=3.4; platform_system == "Linux"',
                 "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
                 'nvidia-dali-cuda120>=2.4; platform_system == "Linux" and platform_machine == "x86_64"',
-                "matplotlib>=3.7", "hypothesis>=6"],
+                "matplotlib>=3.7", "hypothesis>=6",
+                # the serve extra, so CI runs the HTTP server's tests; httpx for FastAPI's TestClient
+                "ray[serve]>=2.40", "fastapi>=0.110", "python-multipart>=0.0.9", "uvicorn>=0.20", "httpx>=0.24"],
+        # `xclip-engine serve`: an HTTP service with dynamic batching on Ray Serve
+        "serve": ["ray[serve]>=2.40", "fastapi>=0.110", "python-multipart>=0.0.9", "uvicorn>=0.20"],
         # GPU machines: onnxruntime-gpu INSTEAD of onnxruntime (both install the module `onnxruntime`:
         # `bash scripts/setup.sh gpu` uninstalls onnxruntime first), TensorRT, Triton.
         # Every package here is a CUDA 12 build, like torch's cu12x wheels and nvidia-dali-cuda120: the bare

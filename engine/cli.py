@@ -250,6 +250,56 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
     sys.exit(1 if failed else 0)
 
 
+@main.command("serve")
+@click.option("--model", "-m", "model_src", default=None,
+              help="Anything --model of infer takes. Default: the bundled demonstration model.")
+@click.option("--labels", "labels_text", default=None, help='Default label set: "cooking, dancing" (a request\'s '
+              "labels field overrides it). Default: the model's own labels.")
+@click.option("--labels-file", default=None, help="Default label set from a file or a bundled set (k400, ...).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Model replicas (each a Ray actor with its own copy of the model).")
+@click.option("--max-batch", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Most videos scored in one model call, across clients.")
+@click.option("--batch-wait-ms", default=10.0, show_default=True, type=click.FloatRange(min=0),
+              help="How long a request waits for others to fill its batch.")
+@click.option("--max-upload-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Larger uploads are refused (413).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Requests one replica takes at once (decoding, batching, scoring); more get 503 + Retry-After.")
+@click.option("--decode-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a request's video may take to decode (408 after).")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a private Ray.")
+@click.option("--num-cpus", default=None, type=click.IntRange(min=1),
+              help="CPUs the private Ray may schedule (default: this machine's).")
+def serve_cmd(model_src, labels_text, labels_file, host, port, replicas, max_batch, batch_wait_ms, max_upload_mb,
+              max_queue, decode_timeout, ray_address, num_cpus):
+    """Serve the model over HTTP (Ray Serve, FastAPI): POST /v1/classify, /v1/embed; GET /healthz,
+    /v1/models, /docs. Blocks until Ctrl-C / SIGTERM, then drains in-flight requests.
+    XCLIP_ENGINE_API_KEY set: every request but /healthz needs `Authorization: Bearer <key>`."""
+    from .serve import SERVE_INSTALL, missing_modules
+
+    missing = missing_modules()
+    if missing:
+        _usage_error(f"`serve` needs {', '.join(missing)}, which is not installed: `{SERVE_INSTALL}`")
+    if labels_text is not None and labels_file is not None:
+        _usage_error("give either --labels or --labels-file, not both")
+    from .io.labels import load_labels, parse_labels
+
+    try:
+        labels = (parse_labels(labels_text) if labels_text is not None
+                  else load_labels(labels_file) if labels_file is not None else None)
+    except ValueError as e:
+        _usage_error(str(e))
+    from .serve.server import run_server
+
+    sys.exit(run_server(model_src, labels, host=host, port=port, replicas=replicas, max_batch=max_batch,
+                        batch_wait_ms=batch_wait_ms, max_upload_mb=max_upload_mb, ray_address=ray_address,
+                        max_queue=max_queue, decode_timeout_s=decode_timeout, num_cpus=num_cpus))
+
+
 def _register_commands():
     # heavy imports stay inside each command's body, so `xclip-engine --help` stays fast
     from xclip_engine.export.cli import export_cmd

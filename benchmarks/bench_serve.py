@@ -1,0 +1,196 @@
+"""`xclip-engine serve` under load on loopback: throughput and p50/p99 latency at 1, 8, 16, 32 clients,
+against `xe.infer`'s batch throughput on the same clips, and the server's memory over many requests.
+
+    python benchmarks/bench_serve.py [--clients 1,8,16,32] [--requests 96] [--seconds 30] [--rss-requests 300]
+        [--max-batch 8] [--batch-wait-ms 10] [--port 0]
+
+The bundled demonstration model and its example clips (examples/*.mp4). The server is started here as a
+subprocess (a private Ray, `--num-cpus` = this machine's cores); each client is a thread posting one clip
+after another (http.client, keep-alive off, as a curl loop would); each level stops after --requests or
+--seconds, whichever comes first. RSS: the replica process (the model, decoders, batch buffers) and the
+sum over the server's process tree, before and after --rss-requests more requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "*.mp4")))
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "?"
+
+
+def body_of(path: str) -> tuple[bytes, str]:
+    b = uuid.uuid4().hex
+    with open(path, "rb") as f:
+        data = f.read()
+    head = (f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="v.mp4"\r\n'
+            "Content-Type: video/mp4\r\n\r\n").encode()
+    return head + data + f"\r\n--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
+
+
+def post(base: str, body: bytes, ctype: str) -> dict:
+    req = urllib.request.Request(base + "/v1/classify", data=body, headers={"Content-Type": ctype})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def load_level(base, bodies, clients: int, requests: int, seconds: float) -> dict:
+    lat, errors, lock, count = [], [0], threading.Lock(), [0]
+    stop_at = time.perf_counter() + seconds
+
+    def client(i):
+        while True:
+            with lock:
+                if count[0] >= requests or time.perf_counter() > stop_at:
+                    return
+                n = count[0]
+                count[0] += 1
+            body, ctype = bodies[(i + n) % len(bodies)]
+            t0 = time.perf_counter()
+            try:
+                post(base, body, ctype)
+                with lock:
+                    lat.append(time.perf_counter() - t0)
+            except OSError:
+                with lock:
+                    errors[0] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3) if lat else (lambda p: float("nan"))
+    return {"clients": clients, "requests": len(lat), "errors": errors[0], "req_per_s": len(lat) / wall,
+            "p50_ms": q(0.50), "p99_ms": q(0.99), "mean_ms": statistics.fmean(lat) * 1e3 if lat else float("nan")}
+
+
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """(the Serve replica's RSS, the sum over pid's process tree), MiB, from /proc."""
+    children: dict = {}
+    info: dict = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/status") as f:
+                rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS")), 0) / 1024
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+        info[int(d)] = (rss, cmd)
+    total, replica, todo = 0.0, 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        rss, cmd = info.get(p, (0.0, ""))
+        total += rss
+        if "ServeReplica" in cmd:
+            replica += rss
+        todo += children.get(p, [])
+    return replica, total
+
+
+def start_server(port: int, max_batch: int, wait_ms: float, work: str):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "XCLIP_ENGINE_API_KEY")}
+    env.update(RAY_TMPDIR=os.path.join(work, "ray"), RAY_USAGE_STATS_ENABLED="0")
+    log = open(os.path.join(work, "server.log"), "w")
+    proc = subprocess.Popen([sys.executable, "-m", "xclip_engine.engine.cli", "serve", "--port", str(port),
+                             "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return proc, base
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"the server did not start; see {log.name}")
+
+
+def infer_rate(paths, repeats: int) -> float:
+    import xclip_engine as xe
+
+    model = xe.load(backend="auto")
+    list(xe.infer(paths[:8], model, model.labels))   # warm-up
+    t0 = time.perf_counter()
+    n = sum(1 for _ in xe.infer(paths * repeats, model, model.labels, batch_size=8))
+    return n / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", default="1,8,16,32")
+    ap.add_argument("--requests", type=int, default=96, help="most requests per level")
+    ap.add_argument("--seconds", type=float, default=30.0, help="most seconds per level")
+    ap.add_argument("--rss-requests", type=int, default=300)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--batch-wait-ms", type=float, default=10.0)
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+
+    port = args.port
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    work = tempfile.mkdtemp(prefix="xsb-")
+    print(f"cpu: {cpu_name()}, {os.cpu_count()} cores; clips: {len(EXAMPLES)} examples; max batch "
+          f"{args.max_batch}, wait {args.batch_wait_ms:g} ms")
+    t0 = time.perf_counter()
+    proc, base = start_server(port, args.max_batch, args.batch_wait_ms, work)
+    print(f"server ready in {time.perf_counter() - t0:.1f} s")
+    try:
+        bodies = [body_of(p) for p in EXAMPLES]
+        load_level(base, bodies, 4, 16, 10)   # warm-up
+        print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}")
+        for c in (int(x) for x in args.clients.split(",")):
+            r = load_level(base, bodies, c, args.requests, args.seconds)
+            print(f"{r['clients']:7d} {r['requests']:8d} {r['errors']:6d} {r['req_per_s']:7.1f} {r['p50_ms']:8.1f} "
+                  f"{r['p99_ms']:8.1f}", flush=True)
+        rep0, tot0 = tree_rss_mb(proc.pid)
+        r = load_level(base, bodies, 8, args.rss_requests, 120)
+        rep1, tot1 = tree_rss_mb(proc.pid)
+        print(f"RSS over {r['requests']} more requests (8 clients): replica {rep0:.0f} -> {rep1:.0f} MiB, "
+              f"server tree {tot0:.0f} -> {tot1:.0f} MiB")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(120)
+        print(f"server stopped (exit {rc})")
+    rate = infer_rate(EXAMPLES, 8)
+    print(f"xe.infer (same process as this script, batch 8, 2 decode workers): {rate:.1f} videos/s "
+          f"over {8 * len(EXAMPLES)} clips")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""`xclip-engine serve`: X-CLIP over HTTP, a FastAPI app on a Ray Serve deployment with dynamic batching.
+
+    app.py         the FastAPI app: endpoints, validation, guard rails (no Ray: testable in-process)
+    deployment.py  the Ray Serve deployment: one model per replica, @serve.batch across clients
+    server.py      start Ray and Serve, block until SIGINT/SIGTERM, drain and stop
+
+Needs the `serve` extra: pip install 'xclip-engine[serve]'.
+"""
+
+SERVE_INSTALL = "pip install 'xclip-engine[serve]'"
+SERVE_MODULES = ("ray", "fastapi", "starlette", "python_multipart")
+
+
+def missing_modules() -> list[str]:
+    """The packages `serve` needs that are not installed (looked up without importing them)."""
+    import importlib.util
+
+    def found(name):
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            return False
+
+    missing = [] if found("ray") and found("ray.serve") else ["ray[serve]"]
+    missing += [name.replace("_", "-") for name in SERVE_MODULES[1:] if not found(name)]
+    return missing

@@ -1,0 +1,100 @@
+"""Start `xclip-engine serve`: Ray (private, or a cluster's), Ray Serve's HTTP proxy on host:port,
+the deployment; block until SIGINT/SIGTERM; then drain in-flight requests and stop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+from .app import API_KEY_ENV, Settings
+
+APP_NAME = "xclip-engine"
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _say(msg: str) -> None:
+    print(f"xclip-engine serve: {msg}", file=sys.stderr, flush=True)
+
+
+def run_server(model_src: str | None, labels: list[str] | None, host: str = "127.0.0.1", port: int = 8000,
+               replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 10.0, max_upload_mb: float = 64.0,
+               ray_address: str | None = None, max_queue: int = 64, decode_timeout_s: float = 30.0,
+               num_cpus: int | None = None, ready_timeout_s: float = 600.0) -> int:
+    """Serve until stopped; the exit status (0 stopped cleanly, 1 failed to start, 2 usage)."""
+    if ray_address is None and not port_free(host, port):
+        _say(f"cannot listen on {host}:{port}: the address is in use (pick another --port)")
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            _say("second signal: stopping now")
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions
+
+    from .deployment import XclipDeployment
+
+    settings = Settings(labels=labels, max_upload_mb=max_upload_mb, decode_timeout_s=decode_timeout_s,
+                        max_queue=max_queue, api_key=os.environ.get(API_KEY_ENV) or None)
+    cpus = num_cpus if num_cpus is not None else max(os.cpu_count() or 1, replicas)
+    if ray_address:
+        ray.init(address=ray_address, logging_level=logging.WARNING)
+    else:   # a private local Ray: never a cluster that RAY_ADDRESS happens to name
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        serve.start(http_options=HTTPOptions(host=host, port=port), logging_config={"log_level": "WARNING"})
+        deployment = XclipDeployment.options(
+            num_replicas=replicas,
+            # Serve's own limits sit above the app's admission count, so a full replica answers the
+            # app's 503 with Retry-After; Serve's queue only catches what the proxy holds back.
+            max_ongoing_requests=max_queue + 8, max_queued_requests=max(16, 2 * max_queue * replicas),
+            ray_actor_options={"num_cpus": 1 if ray_address else min(1, cpus / replicas)})
+        handle = serve.run(deployment.bind(model_src, settings, max_batch, batch_wait_ms / 1000.0),
+                           name=APP_NAME, route_prefix="/", blocking=False)
+        deadline = time.monotonic() + ready_timeout_s
+        while not stop.is_set():
+            status = handle.status.remote().result()
+            if status["error"]:
+                _say(f"the model failed to load: {status['error']}")
+                return 2
+            if status["ready"]:
+                break
+            if time.monotonic() > deadline:
+                _say(f"the model did not load within {ready_timeout_s:g} s")
+                return 1
+            stop.wait(0.5)
+        if not stop.is_set():
+            _say(f"serving on http://{host}:{port} ({replicas} replica(s), max batch {max_batch}, wait "
+                 f"{batch_wait_ms:g} ms; API docs at /docs{'; API key required' if settings.api_key else ''})")
+        while not stop.wait(0.5):
+            pass
+        _say("stopping: draining in-flight requests")
+        return 0
+    finally:
+        try:
+            serve.delete(APP_NAME)   # replicas finish their in-flight requests (graceful shutdown)
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            for s, h in previous.items():
+                signal.signal(s, h)
+            _say("stopped")
