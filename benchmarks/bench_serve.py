@@ -119,12 +119,12 @@ def tree_rss_mb(pid: int) -> tuple[float, float]:
     return replica, total
 
 
-def start_server(port: int, max_batch: int, wait_ms: float, work: str):
+def start_server(port: int, max_batch: int, wait_ms: float, work: str, model_args=()):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "XCLIP_ENGINE_API_KEY")}
     env.update(RAY_TMPDIR=os.path.join(work, "ray"), RAY_USAGE_STATS_ENABLED="0")
     log = open(os.path.join(work, "server.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "xclip_engine.engine.cli", "serve", "--port", str(port),
-                             "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms)],
+                             "--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms), *model_args],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
@@ -138,13 +138,14 @@ def start_server(port: int, max_batch: int, wait_ms: float, work: str):
     raise SystemExit(f"the server did not start; see {log.name}")
 
 
-def infer_rate(paths, repeats: int) -> float:
+def infer_rate(paths, repeats: int, model_src=None, labels_file=None) -> float:
     import xclip_engine as xe
 
-    model = xe.load(backend="auto")
-    list(xe.infer(paths[:8], model, model.labels))   # warm-up
+    model = xe.load(model_src, backend="auto")
+    labels = xe.load_labels(labels_file) if labels_file else model.labels
+    list(xe.infer(paths[:8], model, labels))   # warm-up
     t0 = time.perf_counter()
-    n = sum(1 for _ in xe.infer(paths * repeats, model, model.labels, batch_size=8))
+    n = sum(1 for _ in xe.infer(paths * repeats, model, labels, batch_size=8))
     return n / (time.perf_counter() - t0)
 
 
@@ -157,7 +158,11 @@ def main():
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--batch-wait-ms", type=float, default=10.0)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--model", default=None, help="what serve --model takes (default: the bundled model)")
+    ap.add_argument("--labels-file", default=None, help="label set for --model (e.g. k400)")
     args = ap.parse_args()
+    model_args = [*(["--model", args.model] if args.model else []),
+                  *(["--labels-file", args.labels_file] if args.labels_file else [])]
 
     port = args.port
     if not port:
@@ -168,7 +173,7 @@ def main():
     print(f"cpu: {cpu_name()}, {os.cpu_count()} cores; clips: {len(EXAMPLES)} examples; max batch "
           f"{args.max_batch}, wait {args.batch_wait_ms:g} ms")
     t0 = time.perf_counter()
-    proc, base = start_server(port, args.max_batch, args.batch_wait_ms, work)
+    proc, base = start_server(port, args.max_batch, args.batch_wait_ms, work, model_args)
     print(f"server ready in {time.perf_counter() - t0:.1f} s")
     try:
         bodies = [body_of(p) for p in EXAMPLES]
@@ -187,9 +192,9 @@ def main():
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(120)
         print(f"server stopped (exit {rc})")
-    rate = infer_rate(EXAMPLES, 8)
+    rate = infer_rate(EXAMPLES, 8 if not args.model else 2, args.model, args.labels_file)
     print(f"xe.infer (same process as this script, batch 8, 2 decode workers): {rate:.1f} videos/s "
-          f"over {8 * len(EXAMPLES)} clips")
+          f"over {(8 if not args.model else 2) * len(EXAMPLES)} clips")
 
 
 if __name__ == "__main__":
