@@ -53,6 +53,19 @@ def _show_label_warnings_as_lines():
     warnings.showwarning = show
 
 
+def _labels_from_options(labels_text, labels_file):
+    """--labels / --labels-file -> a label list (None: neither given); a bad value is a usage error."""
+    from .io.labels import load_labels, parse_labels
+
+    if labels_text is not None and labels_file is not None:
+        _usage_error("give either --labels or --labels-file, not both")
+    try:
+        return (parse_labels(labels_text) if labels_text is not None
+                else load_labels(labels_file) if labels_file is not None else None)
+    except ValueError as e:
+        _usage_error(str(e))
+
+
 @main.command("models")
 def models_cmd():
     """List the model names of the registry."""
@@ -155,7 +168,6 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
     """
     from .api import load
     from .checkpoint import CheckpointError
-    from .io.labels import load_labels, parse_labels
     from .io.results import ResultsFileError, ShardError, parse_shard, shard_from_env
     from .pipeline import infer
     from .video.decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed
@@ -185,13 +197,7 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
         shard = parse_shard(shard) if shard is not None else shard_from_env()
     except ShardError as e:
         _usage_error(str(e))
-    if labels_text is not None and labels_file is not None:
-        _usage_error("give either --labels or --labels-file, not both")
-    try:
-        labels = (parse_labels(labels_text) if labels_text is not None
-                  else load_labels(labels_file) if labels_file is not None else None)
-    except ValueError as e:
-        _usage_error(str(e))
+    labels = _labels_from_options(labels_text, labels_file)
 
     if output is not None:
         # what the path alone can tell, before a model loads for seconds (xe.infer checks it all again)
@@ -284,15 +290,7 @@ def serve_cmd(model_src, labels_text, labels_file, host, port, replicas, max_bat
     missing = missing_modules()
     if missing:
         _usage_error(f"`serve` needs {', '.join(missing)}, which is not installed: `{SERVE_INSTALL}`")
-    if labels_text is not None and labels_file is not None:
-        _usage_error("give either --labels or --labels-file, not both")
-    from .io.labels import load_labels, parse_labels
-
-    try:
-        labels = (parse_labels(labels_text) if labels_text is not None
-                  else load_labels(labels_file) if labels_file is not None else None)
-    except ValueError as e:
-        _usage_error(str(e))
+    labels = _labels_from_options(labels_text, labels_file)
     from .serve.server import run_server
 
     sys.exit(run_server(model_src, labels, host=host, port=port, replicas=replicas, max_batch=max_batch,

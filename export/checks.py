@@ -15,6 +15,7 @@ is refused.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 
@@ -63,7 +64,7 @@ def reference_outputs(model, ids, px, dtype: torch.dtype = torch.float32) -> dic
     """The reference model's text features, logits and video embeddings, computed in `dtype` (a
     copy of the model is cast for float64 and float16; the model itself is left as it is)."""
     net = model if dtype == torch.float32 else (float64_copy(model) if dtype == torch.float64
-                                                else float64_copy(model).to(dtype))
+                                                else copy.deepcopy(model).to(dtype).eval())
     text = net.encode_text(ids)
     video, tokens = net.video_features(px.to(dtype))
     return {"text": text, "logits": net.logits_from_features(video, tokens, text), "video": video}
