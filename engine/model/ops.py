@@ -77,4 +77,46 @@ class ReferenceOps:
         return F.linear(h.mul_(torch.mul(h, 1.702).sigmoid_()), w2, b2)
 
 
+    @staticmethod
+    def adjacent_frame_feature(q, k, w_prev, w_next, grid: int):
+        # EVL's temporal cross attention (docs/model-evl.md §7): how each frame's patches attend to
+        # the previous and the next frame's patches, turned into a feature through relative-position
+        # tables. q, k [B, T, L, H, dh] (L = 1 + grid², class token first; projected with bias,
+        # not yet scaled); w_prev, w_next [(2*grid-1)², C] -> [B, T, L, C], zero on the class-token
+        # row and for the missing neighbour at either end.
+        #
+        # For a query patch p each key patch p' has its own relative offset, so summing
+        # A[p, p'] * W[idx(p, p')] over p' equals scattering A[p, :] into the (2g-1)² offsets and
+        # multiplying by W: [P, (2g-1)²] @ [(2g-1)², C]. Exact, and it never forms the
+        # [P, P, C] gather (118 MB per table at B/16).
+        b, t, seq, h, dh = q.shape
+        p = grid * grid
+        qp = q[:, :, 1:].permute(0, 1, 3, 2, 4) * dh ** -0.5                       # [B, T, H, P, dh]
+        kp = k[:, :, 1:].permute(0, 1, 3, 2, 4)
+        idx = relative_position_index(grid, q.device)                              # [P, P]
+        out = q.new_zeros(b, t, seq, w_prev.shape[-1])
+
+        def feature(qf, kf, w):
+            # qf, kf [B, T-1, H, P, dh] -> [B, T-1, P, C]
+            a = torch.softmax(qf @ kf.transpose(-1, -2), dim=-1).mean(dim=2)       # [B, T-1, P, P]
+            rel = a.new_zeros(*a.shape[:-1], w.shape[0])
+            rel.scatter_(-1, idx.expand_as(a), a)                                  # [B, T-1, P, (2g-1)²]
+            return rel @ w.to(a.dtype)
+
+        if t > 1:
+            out[:, 1:, 1:] += feature(qp[:, 1:], kp[:, :-1], w_prev)    # frame t attends to t-1
+            out[:, :-1, 1:] += feature(qp[:, :-1], kp[:, 1:], w_next)   # frame t attends to t+1
+        return out
+
+
+def relative_position_index(grid: int, device=None) -> torch.Tensor:
+    """[P, P] long: the row of a relative-position table for (query patch p, key patch p') on a
+    grid x grid patch grid, p = (r, c) row-major: (r - r' + g - 1) * (2g - 1) + (c - c' + g - 1)."""
+    r, c = torch.meshgrid(torch.arange(grid, device=device), torch.arange(grid, device=device), indexing="ij")
+    r, c = r.reshape(-1), c.reshape(-1)
+    dr = r[:, None] - r[None, :] + grid - 1
+    dc = c[:, None] - c[None, :] + grid - 1
+    return dr * (2 * grid - 1) + dc
+
+
 REFERENCE = ReferenceOps()
