@@ -16,6 +16,9 @@ from dataclasses import dataclass
 # Official test-time preprocessing (VideoX X-CLIP/datasets/build.py): ImageNet mean/std on 0..255.
 IMAGE_MEAN = (123.675, 116.28, 103.53)
 IMAGE_STD = (58.395, 57.12, 57.375)
+# EVL's (OpenGVLab/efficient-video-recognition, scripts/eval_*.sh --mean/--std): CLIP's statistics on 0..1.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class XCLIPConfig:
     prompt_heads: int = 8
     prompt_alpha: float = 0.1
     layer_norm_eps: float = 1e-5
+
+    family = "xclip"   # a class attribute, not a field: which model definition a config builds
 
     @property
     def grid(self) -> int:
@@ -170,19 +175,154 @@ def xclip_preprocessing(config: XCLIPConfig) -> dict:
             "layout": "[B, T, 3, S, S] float32"}
 
 
+# ---- EVL (docs/model-evl.md) -------------------------------------------------------------------
+# EVL's test-time preprocessing (OpenGVLab/efficient-video-recognition): CLIP's mean/std on 0..1.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class EVLConfig:
+    """A frozen CLIP ViT backbone with EVL's decoder and a linear head (docs/model-evl.md §2, §11).
+
+    The decoder is as wide as the backbone and reads its last `decoder_layers` blocks. The frame
+    stride is preprocessing (docs/preprocessing.md §7), kept here so that a saved model carries it.
+    """
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    num_frames: int = 8
+    decoder_layers: int = 4
+    decoder_heads: int = 12
+    decoder_mlp_ratio: float = 4.0
+    decoder_dropout: float = 0.5
+    num_classes: int = 400
+    frame_stride: int = 16
+    layer_norm_eps: float = 1e-5
+
+    family = "evl"   # a class attribute, not a field: which model definition a config builds
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, origin: str = "config") -> EVLConfig:
+        """A validated config from a dict of our field names; errors name `origin` and the field."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{origin}: the EVL config is {type(d).__name__}, expected an object of fields")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown EVL config fields {unknown}; known fields: {sorted(known)}")
+        return cls(**d).validate(origin, {k: f"config.{k}" for k in known})
+
+    def validate(self, origin: str = "config", names: dict[str, str] | None = None) -> EVLConfig:
+        """Types, ranges and shape rules, before anything is built (as XCLIPConfig.validate)."""
+        names = names or {}
+
+        def name(f):
+            return names.get(f, f)
+
+        for f, (lo, hi) in _EVL_INT_RANGES.items():
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ConfigError(f"{origin}: {name(f)} is {v!r}; expected a whole number from {lo} to {hi}")
+        for f, (lo, hi) in (("decoder_mlp_ratio", (0.01, 64.0)), ("decoder_dropout", (0.0, 0.99)),
+                            ("layer_norm_eps", (1e-12, 1.0))):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise ConfigError(f"{origin}: {name(f)} is {v!r}; expected a number from {lo} to {hi}")
+        for heads in ("heads", "decoder_heads"):
+            if self.width % getattr(self, heads):
+                raise ConfigError(f"{origin}: {name(heads)} = {getattr(self, heads)} does not divide "
+                                  f"{name('width')} = {self.width}; each attention head takes an equal share")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"{origin}: {name('image_size')} = {self.image_size} is not a multiple of "
+                              f"{name('patch_size')} = {self.patch_size}")
+        if self.decoder_layers > self.layers:
+            raise ConfigError(f"{origin}: {name('decoder_layers')} = {self.decoder_layers} reads more backbone "
+                              f"blocks than there are ({name('layers')} = {self.layers})")
+        w = self.width
+        n = (self.layers * 12 * w * w + self.decoder_layers * (4 + 2 * self.decoder_mlp_ratio) * w * w
+             + 2 * self.decoder_layers * (2 * self.grid - 1) ** 2 * w + self.num_classes * w)
+        if n > MAX_PARAMETERS:
+            raise ConfigError(f"{origin}: this config describes a model of about {n / 1e9:.1f} billion parameters "
+                              f"(at most {MAX_PARAMETERS / 1e9:.0f} billion are accepted); check the sizes")
+        return self
+
+    def replace(self, **changes) -> EVLConfig:
+        return dataclasses.replace(self, **changes)
+
+
+_EVL_INT_RANGES = {
+    "image_size": (1, 2048), "patch_size": (1, 512), "width": (1, 8192), "layers": (1, 128), "heads": (1, 1024),
+    "num_frames": (1, 1024), "decoder_layers": (1, 128), "decoder_heads": (1, 1024), "num_classes": (1, 1_000_000),
+    "frame_stride": (1, 1024),
+}
+
+
+def _evl(backbone: str, frames: int) -> EVLConfig:
+    # Release settings (docs/model-evl.md §11): 8 and 16 frames at stride 16, 32 frames at stride 8.
+    stride = 8 if frames == 32 else 16
+    if backbone == "B/16":
+        return EVLConfig(num_frames=frames, frame_stride=stride)
+    return EVLConfig(patch_size=14, width=1024, layers=24, heads=16, decoder_heads=16, num_frames=frames,
+                     frame_stride=stride)
+
+
+# A tiny EVL for unit tests: head width 16, a 4 x 4 patch grid, 4 frames.
+EVL_TINY = EVLConfig(image_size=32, patch_size=8, width=32, layers=3, heads=2, num_frames=4, decoder_layers=2,
+                     decoder_heads=2, num_classes=5, frame_stride=2)
+
+
+def evl_preprocessing(config: EVLConfig) -> dict:
+    """EVL's test-time preprocessing for `config` (docs/preprocessing.md §7-§9), as data."""
+    s = config.image_size
+    return {"family": "evl", "sampling": "stride", "num_frames": config.num_frames, "stride": config.frame_stride,
+            "resize_short_side": s, "crop": s, "interpolation": "bilinear (torch, float, no antialiasing)",
+            "color": "RGB", "input_range": "0..1", "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+            "views": "3x1", "layout": "[B, T, 3, S, S] float32"}
+
+
+def config_from_dict(d: dict, family: str = "xclip", origin: str = "config") -> XCLIPConfig | EVLConfig:
+    """A validated config of `family` ("xclip" or "evl") from a dict of our field names."""
+    classes = {"xclip": XCLIPConfig, "evl": EVLConfig}
+    if family not in classes:
+        raise ConfigError(f"{origin}: model family {family!r} is not one of {', '.join(classes)}; a newer "
+                          "xclip-engine may know it")
+    return classes[family].from_dict(d, origin)
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     """A named model: its family, architecture, where its weights are, and its preprocessing."""
 
     name: str
-    config: XCLIPConfig
+    config: XCLIPConfig | EVLConfig
     hub_id: str | None  # Hugging Face repo with the released weights, if there is one
     note: str = ""
-    family: str = "xclip"   # which model definition and checkpoint readers apply (EVL will be a second)
+
+    @property
+    def family(self) -> str:   # which model definition and checkpoint readers apply
+        return getattr(self.config, "family", "xclip")
 
     @property
     def preprocessing(self) -> dict:
-        return xclip_preprocessing(self.config)
+        return evl_preprocessing(self.config) if self.family == "evl" else xclip_preprocessing(self.config)
 
 
 _ENTRIES = [
@@ -202,6 +342,12 @@ _ENTRIES = [
     RegistryEntry("xclip-large-patch14-kinetics-600", _large(8), "microsoft/xclip-large-patch14-kinetics-600",
                   "Kinetics-600"),
     RegistryEntry("xclip-tiny-test", TINY, None, "random-init test architecture, no weights"),
+    # EVL: the released files are not on a hub; load them with their CLIP backbone
+    # (xe.load("k400_vitb16_8f_dec4x768.pth", backbone="ViT-B-16.pt")). A name gives the architecture.
+    *(RegistryEntry(f"evl-{b.lower().replace('/', '')}-{t}f", _evl(b, t), None,
+                    f"Kinetics-400, {b} backbone, {t} frames; weights from the official release + CLIP backbone")
+      for b in ("B/16", "L/14") for t in (8, 16, 32)),
+    RegistryEntry("evl-tiny-test", EVL_TINY, None, "random-init EVL test architecture, no weights"),
 ]
 REGISTRY: dict[str, RegistryEntry] = {e.name: e for e in _ENTRIES}
 

@@ -13,7 +13,7 @@ import os
 import warnings
 
 from ..config import REGISTRY, get_entry
-from ..model import XCLIP
+from ..model import build_model
 from .convert import CheckpointError
 from .detect import read_checkpoint
 from .format_ours import save_ours
@@ -51,7 +51,7 @@ def load_model(source: str, arch: str | None = None, random_init: bool = False) 
             if random_init or entry.hub_id is None:
                 if not random_init:   # a name with no released weights: say so, unless asked for
                     warnings.warn(f"{source}: random weights (no checkpoint loaded)", stacklevel=2)
-                return Loaded(XCLIP(entry.config).eval(), "random", source)
+                return Loaded(build_model(entry.config).eval(), "random", source)
             source = _from_hub(source)
         else:
             raise CheckpointError(f"{source}: no such file or folder, and not a model name "
@@ -59,7 +59,7 @@ def load_model(source: str, arch: str | None = None, random_init: bool = False) 
     return read_checkpoint(source, arch)
 
 
-def save_model(model: XCLIP, path: str, labels: list[str] | None = None, **extra) -> str:
+def save_model(model, path: str, labels: list[str] | None = None, **extra) -> str:
     """Save in our format (folder, or one file when `path` ends with .safetensors)."""
     if labels is not None:
         extra["labels"] = list(labels)

@@ -8,7 +8,7 @@ import torch
 from ..config import ConfigError, XCLIPConfig, get_entry
 from . import keys
 from .convert import CheckpointError
-from .loaded import Loaded, Source, arch_config, build_xclip
+from .loaded import Loaded, Source, arch_config, build_strict
 
 
 def is_torch_file(source: Source) -> bool:
@@ -20,7 +20,7 @@ def is_torch_file(source: Source) -> bool:
 def read_official(source: Source, arch: str | None) -> Loaded:
     sd = official_state_dict(source.torch_object(), source.path)
     config = _official_config(arch, sd, source.path)
-    model = build_xclip(config, sd, source.path, keys.OFFICIAL, keys.DROP_OFFICIAL)
+    model = build_strict(config, sd, source.path, keys.OFFICIAL, keys.DROP_OFFICIAL)
     return Loaded(model, "official", source.path)
 
 

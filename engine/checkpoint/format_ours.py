@@ -8,11 +8,11 @@ import dataclasses
 import json
 import os
 
-from ..config import XCLIPConfig
+from ..config import XCLIPConfig, config_from_dict
 from ..io.atomic import atomic_write, write_via_temp
 from .convert import CheckpointError
 from .files import read_json, read_safetensors
-from .loaded import Loaded, Source, build_xclip
+from .loaded import Loaded, Source, build_strict
 
 FORMAT_NAME = "xclip-engine"
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ def read_ours_folder(source: Source, arch: str | None) -> Loaded:
     if not os.path.isfile(weights):
         raise CheckpointError(f"{source.path}: has {OUR_JSON} but no {WEIGHTS} (an interrupted copy?)")
     tensors, _ = read_safetensors(weights)
-    model = build_xclip(config, tensors, weights, config_origin=meta_path, names=OUR_NAMES)
+    model = build_strict(config, tensors, weights, config_origin=meta_path, names=OUR_NAMES)
     return Loaded(model, "xclip-engine", source.path, source.vocab_dir(), meta.get("labels"), meta)
 
 
@@ -54,7 +54,7 @@ def read_ours_safetensors(source: Source, arch: str | None) -> Loaded:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: the xclip_engine metadata is not valid JSON ({e.msg})") from None
     config, info = parse_our_meta(raw, path)
-    model = build_xclip(config, tensors, path, names=OUR_NAMES)
+    model = build_strict(config, tensors, path, names=OUR_NAMES)
     return Loaded(model, "xclip-engine", path, None, info.get("labels"), info)
 
 
@@ -69,13 +69,13 @@ def read_trainer_checkpoint(source: Source, arch: str | None) -> Loaded:
     path = source.path
     obj = source.torch_object()
     config, info = parse_our_meta(obj, path)
-    model = build_xclip(config, obj["model"], path, names=OUR_NAMES)
+    model = build_strict(config, obj["model"], path, names=OUR_NAMES)
     return Loaded(model, "xclip-engine", path, None, info.get("labels"),
                   {k: v for k, v in info.items() if k != "model"})
 
 
 # ---- metadata and saving -----------------------------------------------------------------------
-def parse_our_meta(meta: dict, origin: str) -> tuple[XCLIPConfig, dict]:
+def parse_our_meta(meta: dict, origin: str):
     if not isinstance(meta, dict):
         raise CheckpointError(f"{origin}: the metadata is a JSON {type(meta).__name__}, expected an object")
     if meta.get("format") != FORMAT_NAME:
@@ -89,12 +89,13 @@ def parse_our_meta(meta: dict, origin: str) -> tuple[XCLIPConfig, dict]:
     if "config" not in meta:
         raise CheckpointError(f"{origin}: the metadata has no 'config'")
     try:   # validated field by field (engine/config.py) before anything is built
-        return XCLIPConfig.from_dict(meta["config"], origin), meta
+        # files written before EVL existed have no "family": they are X-CLIP
+        return config_from_dict(meta["config"], meta.get("family", "xclip"), origin), meta
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{e}" if str(e).startswith(origin) else f"{origin}: bad config ({e})") from None
 
 
-def save_ours(state_dict: dict, config: XCLIPConfig, path: str, **extra) -> str:
+def save_ours(state_dict: dict, config, path: str, **extra) -> str:
     """Write our format: a folder (model.safetensors + xclip_engine.json) or one .safetensors file.
 
     Each file is written to a temporary name and renamed (engine/io/atomic.py), so an interrupted
@@ -102,7 +103,8 @@ def save_ours(state_dict: dict, config: XCLIPConfig, path: str, **extra) -> str:
     """
     from safetensors.torch import save_file
 
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_dict(), **extra}
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "family": config.family,
+            "config": config.to_dict(), **extra}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     if path.endswith(".safetensors"):
         write_via_temp(path, lambda tmp: save_file(tensors, tmp, metadata={"xclip_engine": json.dumps(meta)}),

@@ -9,7 +9,7 @@ from ..config import ConfigError, XCLIPConfig
 from . import keys
 from .convert import CheckpointError
 from .files import read_json, read_safetensors, torch_load_weights
-from .loaded import Loaded, Source, arch_config, build_xclip
+from .loaded import Loaded, Source, arch_config, build_strict
 
 
 def is_transformers_folder(source: Source) -> bool:
@@ -20,7 +20,7 @@ def read_transformers(source: Source, arch: str | None) -> Loaded:
     config, tensors = read_transformers_folder(source.path)
     config = arch_config(arch, config, source.path)
     # the config is checked against the weights' own shapes before the model is built
-    model = build_xclip(config, tensors, source.path, keys.TRANSFORMERS, keys.DROP_TRANSFORMERS,
+    model = build_strict(config, tensors, source.path, keys.TRANSFORMERS, keys.DROP_TRANSFORMERS,
                         config_origin=source.file("config.json") if arch is None else f"--arch {arch}",
                         names=HF_NAMES if arch is None else None)
     return Loaded(model, "transformers", source.path, source.vocab_dir())

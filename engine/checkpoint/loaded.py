@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..config import XCLIPConfig, get_entry
-from ..model import XCLIP
+from ..model import EVL, XCLIP, build_model
 from .convert import (
     CheckpointError,
     _describe_rule,
@@ -23,7 +23,7 @@ _UNREAD = object()
 
 @dataclass
 class Loaded:
-    model: XCLIP
+    model: XCLIP | EVL
     kind: str                      # "transformers" | "official" | "xclip-engine" | "random"
     origin: str                    # the file or folder the weights came from
     vocab_dir: str | None = None   # folder with vocab.json + merges.txt, if the source has one
@@ -118,12 +118,14 @@ def check_config_against_weights(config: XCLIPConfig, tensors: dict, origin: str
                 f"layers ({_describe_rule(rule, ['0'])} ... {_describe_rule(rule, [str(count - 1)])})")
 
 
-def build_xclip(config: XCLIPConfig, tensors: dict, origin: str, table=None, drop=(),
-                config_origin: str | None = None, names: dict | None = None) -> XCLIP:
-    """An XCLIP of `config` with `tensors` (converted through the key `table`; None: our own keys)
-    loaded strictly, in eval mode. The config is checked against the tensors' shapes first."""
-    check_config_against_weights(config, tensors, origin, table, config_origin, names)
-    model = XCLIP(config)
+def build_strict(config, tensors: dict, origin: str, table=None, drop=(),
+                 config_origin: str | None = None, names: dict | None = None):
+    """A model of `config` (its family's) with `tensors` (converted through the key `table`; None:
+    our own keys) loaded strictly, in eval mode. An X-CLIP config is checked against the tensors'
+    shapes first."""
+    if config.family == "xclip":
+        check_config_against_weights(config, tensors, origin, table, config_origin, names)
+    model = build_model(config)
     target = model.state_dict()
     sd = convert_state_dict(tensors, target, identity_table(target) if table is None else table, drop, origin)
     model.load_state_dict(sd, strict=True)

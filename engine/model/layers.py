@@ -7,6 +7,7 @@ so a backend swaps the arithmetic without a second copy of the model.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .ops import REFERENCE
@@ -26,12 +27,16 @@ class LayerNorm(nn.LayerNorm):
 class MLP(nn.Module):
     ops = REFERENCE
 
-    def __init__(self, width: int, hidden: int):
+    def __init__(self, width: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
+        self.dropout = dropout   # between the activation and fc2 (EVL's decoder); training only
 
     def forward(self, x):
+        if self.dropout and self.training:
+            h = F.linear(x, self.fc1.weight, self.fc1.bias)
+            return self.fc2(F.dropout(h * torch.sigmoid(1.702 * h), self.dropout, training=True))
         return self.ops.mlp(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
@@ -59,12 +64,17 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x, causal: bool = False):
-        # x: [N, L, D]
+    def forward(self, x, causal: bool = False, taps: bool = False):
+        # x: [N, L, D] -> [N, L, D]; with taps also the projected q and k per head, [N, L, H, dh]
+        # (bias added, not yet scaled: what EVL's decoder reads, docs/model-evl.md §3)
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         h = self.heads
-        o = self.ops.attention(split_heads(q, h), split_heads(k, h), split_heads(v, h), causal=causal)
-        return self.out(merge_heads(o))
+        o = self.out(merge_heads(self.ops.attention(split_heads(q, h), split_heads(k, h), split_heads(v, h),
+                                                    causal=causal)))
+        if not taps:
+            return o
+        n, seq, d = q.shape
+        return o, q.view(n, seq, h, d // h), k.view(n, seq, h, d // h)
 
 
 class ResidualBlock(nn.Module):
@@ -80,6 +90,31 @@ class ResidualBlock(nn.Module):
     def forward(self, x, causal: bool = False):
         x, h = self.ln_2.add_forward(x, self.attn(self.ln_1(x), causal=causal))   # x + attn(...), ln_2
         return x + self.mlp(h)
+
+    def forward_taps(self, x):
+        """(output, q, k): the block's output and its attention's q and k per head (EVL's taps)."""
+        a, q, k = self.attn(self.ln_1(x), taps=True)
+        x, h = self.ln_2.add_forward(x, a)
+        return x + self.mlp(h), q, k
+
+
+class ImageEmbedding(nn.Module):
+    """CLIP's image embedding: patches by conv1 (no bias), class token first, positional
+    embedding, ln_pre. X-CLIP's vision tower and EVL's backbone both start with it."""
+
+    def __init__(self, width: int, patch_size: int, num_patches: int, eps: float):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(width))
+        self.positional_embedding = nn.Parameter(torch.zeros(num_patches + 1, width))
+        self.ln_pre = LayerNorm(width, eps=eps)
+
+    def embed(self, frames):
+        # frames: [BT, 3, S, S] -> tokens [BT, 1 + N, D]
+        x = self.conv1(frames).flatten(2).transpose(1, 2)                     # [BT, N, D]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return self.ln_pre(x)
 
 
 def init_linear(m: nn.Module, std: float = 0.02):

@@ -90,7 +90,9 @@ class ReferenceOps:
         # multiplying by W: [P, (2g-1)²] @ [(2g-1)², C]. Exact, and it never forms the
         # [P, P, C] gather (118 MB per table at B/16).
         b, t, seq, h, dh = q.shape
-        p = grid * grid
+        if seq != grid * grid + 1:
+            raise ValueError(f"adjacent_frame_feature: {seq} tokens per frame, expected 1 + {grid}² (class token "
+                             "and the patch grid)")
         qp = q[:, :, 1:].permute(0, 1, 3, 2, 4) * dh ** -0.5                       # [B, T, H, P, dh]
         kp = k[:, :, 1:].permute(0, 1, 3, 2, 4)
         idx = relative_position_index(grid, q.device)                              # [P, P]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import XCLIPConfig
-from .layers import MLP, LayerNorm, SelfAttention, merge_heads, split_heads
+from .layers import MLP, ImageEmbedding, LayerNorm, SelfAttention, merge_heads, split_heads
 from .ops import REFERENCE
 
 
@@ -60,26 +60,15 @@ class CrossFrameBlock(nn.Module):
         return x + self.mlp(h)                                                # step 5
 
 
-class VisionTower(nn.Module):
+class VisionTower(ImageEmbedding):
     def __init__(self, cfg: XCLIPConfig):
-        super().__init__()
         d = cfg.vision_width
-        self.conv1 = nn.Conv2d(3, d, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.zeros(d))
-        self.positional_embedding = nn.Parameter(torch.zeros(cfg.num_patches + 1, d))
-        self.ln_pre = LayerNorm(d, eps=cfg.layer_norm_eps)
+        super().__init__(d, cfg.patch_size, cfg.num_patches, cfg.layer_norm_eps)
         self.blocks = nn.ModuleList(
             [CrossFrameBlock(d, cfg.vision_heads, cfg.layer_norm_eps) for _ in range(cfg.vision_layers)])
         self.ln_post = LayerNorm(d, eps=cfg.layer_norm_eps)
         self.proj = nn.Parameter(torch.zeros(d, cfg.embed_dim))
         self.gradient_checkpointing = False
-
-    def embed(self, frames):
-        # frames: [BT, 3, S, S] -> tokens [BT, 1 + N, D]
-        x = self.conv1(frames).flatten(2).transpose(1, 2)                     # [BT, N, D]
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-        return self.ln_pre(x)
 
     def forward(self, frames, num_frames: int):
         """frames [BT, 3, S, S] -> (class features [BT, E] after ln_post @ proj, patch tokens [BT, N, D])."""

@@ -283,7 +283,7 @@ def choose_for_checkpoint(net, device=None, precision: str | None = None, echo=s
     dev = resolve_device(device)
     paths = checkpoint_candidates(dev, precision)
     net = net.to(dev).eval()
-    fp = cache.fingerprint(dev, {"family": "xclip", "config": net.config.to_dict(), "precision": precision})
+    fp = cache.fingerprint(dev, {"family": net.config.family, "config": net.config.to_dict(), "precision": precision})
     built: dict = {}
     choice = decide(fp, lambda ps: measure_checkpoint(net, dev, ps, echo, built), paths, echo,
                      f"this architecture ({net.config.num_frames} frames, width {net.config.vision_width})", fresh)
