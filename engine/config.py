@@ -16,9 +16,6 @@ from dataclasses import dataclass
 # Official test-time preprocessing (VideoX X-CLIP/datasets/build.py): ImageNet mean/std on 0..255.
 IMAGE_MEAN = (123.675, 116.28, 103.53)
 IMAGE_STD = (58.395, 57.12, 57.375)
-# EVL's (OpenGVLab/efficient-video-recognition, scripts/eval_*.sh --mean/--std): CLIP's statistics on 0..1.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -290,12 +287,11 @@ EVL_TINY = EVLConfig(image_size=32, patch_size=8, width=32, layers=3, heads=2, n
 
 
 def evl_preprocessing(config: EVLConfig) -> dict:
-    """EVL's test-time preprocessing for `config` (docs/preprocessing.md §7-§9), as data."""
-    s = config.image_size
-    return {"family": "evl", "sampling": "stride", "num_frames": config.num_frames, "stride": config.frame_stride,
-            "resize_short_side": s, "crop": s, "interpolation": "bilinear (torch, float, no antialiasing)",
-            "color": "RGB", "input_range": "0..1", "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
-            "views": "3x1", "layout": "[B, T, 3, S, S] float32"}
+    """EVL's test-time preprocessing for `config` (docs/preprocessing.md §7-§9), as data: the spec
+    the video readers take (engine/video/preprocessing.py writes and checks it), default views "3x1"."""
+    from .video.preprocessing import evl_preprocessing as spec  # no torch/PyAV there: a cheap import
+
+    return spec(config.num_frames, config.frame_stride, config.image_size)
 
 
 def config_from_dict(d: dict, family: str = "xclip", origin: str = "config") -> XCLIPConfig | EVLConfig:

@@ -1,7 +1,9 @@
 """Which decoder reads a video, and one entry point for both: ``read_clip``.
 
-Two decoders produce the same X-CLIP input ``[V, T, 3, S, S]`` float32 (official TSN indices,
-short side to ``int(256/224*S)``, centre crop or three crops, CLIP mean/std):
+EVL's preprocessing (an EVL spec passed as ``preprocessing=``) is PyAV's only: ``auto`` reads such
+videos with PyAV and a forced ``dali`` raises ``DecoderUnavailableError``. For X-CLIP, two
+decoders produce the same input ``[V, T, 3, S, S]`` float32 (official TSN indices,
+short side to ``int(256/224*S)``, centre crop or three crops, ImageNet mean/std on 0..255):
 
 * ``pyav``: ``engine.video.read_video`` (FFmpeg through PyAV, every codec, exact frames, OpenCV
   bilinear resize as mmcv does). The reference.
@@ -305,12 +307,19 @@ def _first_dali_clip(path, num_frames, size, views, device, forced, key):
     return got if forced else ref
 
 
-def read_clip(path, num_frames: int, size: int, views: str = "1x1", decoder: str = "auto",
-              device=None, *, stats: DecodeStats | None = None) -> np.ndarray:
-    """A video file -> X-CLIP input ``[V, num_frames, 3, size, size]`` float32 (V = clips x crops).
+def read_clip(path, num_frames: int | None = None, size: int | None = None, views: str | None = None,
+              decoder: str = "auto", device=None, *, stats: DecodeStats | None = None,
+              preprocessing: dict | None = None) -> np.ndarray:
+    """A video file -> model input ``[V, num_frames, 3, size, size]`` float32 (V = clips x crops).
 
-    The PyAV path returns exactly ``engine.video.read_video(path, num_frames, size, views)``;
-    the DALI path the same frames, preprocessed by DALI (close, not bit-equal). Unusable files
+    ``preprocessing``: the model's spec dict (``engine.video.preprocessing``); None is X-CLIP's
+    rules with the given ``num_frames`` and ``size`` (both then required). ``views`` "NxM" = N
+    temporal clips x M crops for every family (default: the spec's ``views``, else "1x1").
+
+    X-CLIP: the PyAV path returns exactly ``engine.video.read_video(path, num_frames, size, views)``;
+    the DALI path the same frames, preprocessed by DALI (close, not bit-equal). EVL (an EVL spec):
+    always PyAV, ``read_video(path, views=views, preprocessing=spec)``; ``auto`` picks PyAV and
+    a forced ``dali`` raises ``DecoderUnavailableError`` (DALI has no EVL path). Unusable files
     raise ``VideoError`` naming the file and what to do.
 
     With ``auto``, a file DALI fails on is read with PyAV. The first clip DALI decodes in the
@@ -322,6 +331,25 @@ def read_clip(path, num_frames: int, size: int, views: str = "1x1", decoder: str
     sampled from PyAV's packet count, so the container's declared count and the frames found
     come from the same scan (``stats.warning(path)`` says when a truncated file lost frames).
     """
+    if preprocessing is not None:
+        from .preprocessing import parse_preprocessing
+
+        spec = parse_preprocessing(preprocessing)
+        for name, given, own in (("num_frames", num_frames, spec.num_frames), ("size", size, spec.crop)):
+            if given is not None and int(given) != own:
+                raise ValueError(f"{name} = {given} disagrees with the preprocessing's {own}; "
+                                 "leave it out or pass the model's own")
+        num_frames, size = spec.num_frames, spec.crop
+        views = views if views is not None else (spec.views or "1x1")
+        if spec.family == "evl":
+            if _check_decoder(decoder) == "dali":
+                raise DecoderUnavailableError("decoder 'dali' does not implement EVL's preprocessing (stride "
+                                              "sampling, float resize); use decoder 'auto' or 'pyav'")
+            with collect_stats(stats):
+                return read_video(path, views=views, preprocessing=preprocessing)
+    elif num_frames is None or size is None:
+        raise ValueError("read_clip needs num_frames and size (or a preprocessing spec that states them)")
+    views = "1x1" if views is None else views
     with collect_stats(stats):
         return _read_clip(path, num_frames, size, views, decoder, device)
 

@@ -50,7 +50,7 @@ import av
 import numpy as np
 
 from .errors import REENCODE, TruncatedVideoWarning, VideoError, no_av_errors
-from .sampling import sample_clip_indices, sample_indices
+from .sampling import sample_clip_indices, sample_indices, stride_indices
 from .transforms import (
     MEAN,
     STD,
@@ -426,33 +426,72 @@ def read_frames(path, indices: Sequence[int], *, stats: DecodeStats | None = Non
             return video.read_sequential(indices)
 
 
-def read_video(path, num_frames: int = 8, size: int = 224, views: str = "1x1", *,
-               seed: int | None = 0, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
-               stats: DecodeStats | None = None) -> np.ndarray:
-    """A video file -> X-CLIP input ``[V, num_frames, 3, size, size]`` float32, V = clips x crops.
+def _read_sampled(video: VideoFile, sample) -> list[np.ndarray]:
+    """The frames at ``sample(n)`` (flat indices for a video of n frames), with the fallback when
+    the packet index promised frames the decoder did not deliver: count the frames that really
+    decode and sample among those."""
+    flat = sample(video.num_frames)
+    try:
+        return video.read(flat)
+    except FrameMismatch:
+        n = video.count_decodable()
+        if n == 0:
+            raise VideoError(video.path, "has a video stream but no decodable frames; " + REENCODE) from None
+        video.set_count(n)
+        return video.read_sequential(sample(n))
 
-    ``views``: "1x1" (official single view), "4x3" (official multi-view: 4 clips x 3 crops,
-    V = 12) or any "Nx1" / "Nx3". View ``v`` is crop ``v // N`` of clip ``v % N``; for "4x3" views
-    0-3 are the left (top) crops, 4-7 the right (bottom), 8-11 the middle ones. Average the
-    softmax scores of the views. With N > 1 every clip follows the official random multi-view
-    rule, drawn from ``seed`` (``None``: fresh randomness); N = 1 is deterministic.
+
+def read_video(path, num_frames: int | None = None, size: int | None = None, views: str | None = None, *,
+               seed: int | None = 0, mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
+               stats: DecodeStats | None = None, preprocessing: dict | None = None) -> np.ndarray:
+    """A video file -> model input ``[V, num_frames, 3, size, size]`` float32, V = clips x crops.
+
+    Without ``preprocessing`` (or with an X-CLIP spec, ``engine.config.xclip_preprocessing``):
+    X-CLIP's official rules (num_frames 8, size 224 by default). ``views``: "1x1" (official single
+    view, the default), "4x3" (official multi-view: 4 clips x 3 crops, V = 12) or any "Nx1" /
+    "Nx3". View ``v`` is crop ``v // N`` of clip ``v % N``; for "4x3" views 0-3 are the left (top)
+    crops, 4-7 the right (bottom), 8-11 the middle ones. Average the softmax scores of the views.
+    With N > 1 every clip follows the official random multi-view rule, drawn from ``seed``
+    (``None``: fresh randomness); N = 1 is deterministic.
+
+    With an EVL spec (``engine.video.preprocessing.evl_preprocessing``): EVL's rules
+    (docs/preprocessing.md §7-§9): ``views`` "NxM" = N temporal views x M crops (default: the
+    spec's ``views``, else "1x1"); ``num_frames`` / ``size``, if given, must equal the spec's.
+    ``mean`` / ``std`` / ``seed`` are X-CLIP's arguments (the spec holds EVL's statistics).
     """
+    if preprocessing is not None:
+        from .preprocessing import parse_preprocessing
+
+        spec = parse_preprocessing(preprocessing)
+        for name, given, own in (("num_frames", num_frames, spec.num_frames), ("size", size, spec.crop)):
+            if given is not None and int(given) != own:
+                raise ValueError(f"{name} = {given} disagrees with the preprocessing's {own}; "
+                                 "leave it out or pass the model's own")
+        num_frames, size = spec.num_frames, spec.crop
+        views = views if views is not None else (spec.views or "1x1")
+        if spec.family == "evl":
+            return _read_evl(path, spec, views, stats)
+    num_frames = 8 if num_frames is None else num_frames
+    size = 224 if size is None else size
+    views = "1x1" if views is None else views
     num_clips, _ = parse_views(views)
     if int(num_frames) < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     with no_av_errors(path), VideoFile(path, stats) as video:
-        flat = [i for clip in sample_clip_indices(video.num_frames, num_frames, num_clips, seed)
-                for i in clip]
-        try:
-            frames = video.read(flat)
-        except FrameMismatch:
-            # The packet index promised frames the decoder did not deliver: count the frames
-            # that really decode and sample among them.
-            n = video.count_decodable()
-            if n == 0:
-                raise VideoError(video.path, "has a video stream but no decodable frames; "
-                                 + REENCODE) from None
-            video.set_count(n)
-            flat = [i for clip in sample_clip_indices(n, num_frames, num_clips, seed) for i in clip]
-            frames = video.read_sequential(flat)
+        frames = _read_sampled(video, lambda n: [i for clip in sample_clip_indices(n, num_frames, num_clips, seed)
+                                                 for i in clip])
     return preprocess(frames, size=size, views=views, mean=mean, std=std)
+
+
+def _read_evl(path, spec, views: str, stats: DecodeStats | None) -> np.ndarray:
+    """EVL: stride-sampled clips (``sampling.stride_indices``), one decode of the distinct frames
+    all views need (seeking where the packet index allows, stopping after the last one), then
+    ``evl_transforms.preprocess_evl``."""
+    from .evl_transforms import preprocess_evl
+
+    num_clips, _ = parse_views(views)
+    with no_av_errors(path), VideoFile(path, stats) as video:
+        frames = _read_sampled(video, lambda n: [i for clip in stride_indices(n, spec.num_frames, spec.stride,
+                                                                                num_clips) for i in clip])
+    return preprocess_evl(frames, size=spec.crop, views=views, mean=spec.mean, std=spec.std,
+                          resize_short_side=spec.resize_short_side)

@@ -74,3 +74,38 @@ def sample_clip_indices(num_video_frames: int, num_frames: int, num_clips: int,
         return [sample_indices(num_video_frames, num_frames)]
     rng = np.random.RandomState(seed)
     return [tsn_train_indices(num_video_frames, num_frames, rng) for _ in range(num_clips)]
+
+
+# -- EVL -----------------------------------------------------------------------------------------
+# Source: OpenGVLab/efficient-video-recognition, video_dataset/dataset.py, VideoDataset in test
+# mode (``_generate_temporal_crops``): frames at a fixed index stride s, a video shorter than the
+# clip's span padded with copies of its last frame, one clip centred, several spread evenly with
+# Python's round (docs/preprocessing.md §7).
+
+
+def stride_indices(num_video_frames: int, num_frames: int, stride: int, num_clips: int = 1) -> list[list[int]]:
+    """EVL's test-time frame indices: ``num_clips`` lists of ``num_frames`` 0-based indices.
+
+    With ``span = (T - 1) * s + 1`` and ``n' = max(n, span)`` (the padded length),
+    ``slide = n' - span``; clip j starts at ``slide // 2`` for one clip and at
+    ``round(slide / (num_clips - 1) * j)`` (Python's round: half to even) for several, and takes
+    ``start, start + s, ..., start + (T - 1) * s``. Indices at or past ``n`` are the padding, i.e.
+    the last frame ``n - 1``.
+    """
+    for name, value in (("num_video_frames", num_video_frames), ("num_frames", num_frames),
+                        ("stride", stride), ("num_clips", num_clips)):
+        try:
+            ok = not isinstance(value, bool) and int(value) == value and int(value) >= 1
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    n, t, s, v = int(num_video_frames), int(num_frames), int(stride), int(num_clips)
+    span = (t - 1) * s + 1
+    slide = max(n, span) - span
+    if v == 1:
+        starts = [slide // 2]
+    else:
+        # the same float expression as the official code, so the rounding matches bit for bit
+        starts = [round(slide / (v - 1) * j) for j in range(v)]
+    return [[min(st + i * s, n - 1) for i in range(t)] for st in starts]

@@ -5,10 +5,11 @@
 
 Windows start every ``stride`` seconds at 0, stride, 2*stride, ...; each lasts ``window`` seconds
 except the last, which ends at the video's end (a window longer than the video is the whole
-video). Inside a window the model's T frames are sampled with the official TSN rule among the
-frames whose timestamps fall in ``[start, end)``, so one window scores exactly as a video clip
-cut at those times would. Frame times come from the packet timestamps (presentation order), so
-variable frame rates are handled; a stream without usable timestamps falls back to index / fps.
+video). Inside a window the model's T frames are sampled with the official TSN rule (X-CLIP) or
+stride rule (EVL, one centred clip) among the frames whose timestamps fall in ``[start, end)``,
+so one window scores exactly as a video clip cut at those times would. Frame times come from the
+packet timestamps (presentation order), so variable frame rates are handled; a stream without
+usable timestamps falls back to index / fps.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from ..io.labels import check_labels
 from .decoders import choose_decoder
 from .reader import TruncatedVideoWarning, VideoError
-from .sampling import sample_indices
+from .sampling import sample_indices, stride_indices
 from .transforms import preprocess
 
 BATCH_WINDOWS = 8   # windows scored per model call; also bounds the decoded frames held in memory
@@ -58,8 +59,11 @@ def window_bounds(duration: float, window: float, stride: float) -> list[tuple[f
     return out
 
 
-def window_indices(times: np.ndarray, start: float, end: float, num_frames: int) -> list[int]:
-    """TSN indices of ``num_frames`` frames among those with ``start <= time < end``.
+def window_indices(times: np.ndarray, start: float, end: float, num_frames: int,
+                   frame_stride: int | None = None) -> list[int]:
+    """Indices of ``num_frames`` frames among those with ``start <= time < end``: X-CLIP's TSN rule,
+    or with ``frame_stride`` EVL's stride rule (one centred clip, padded with the window's last
+    frame), as if the window were a video of its own.
 
     A window with no frame inside (a stride longer than the frame spacing near the end) takes the
     frame shown at ``start``: the last frame that started at or before it."""
@@ -68,6 +72,8 @@ def window_indices(times: np.ndarray, start: float, end: float, num_frames: int)
     if hi <= lo:
         lo = max(0, int(np.searchsorted(times, start, side="right")) - 1)
         hi = lo + 1
+    if frame_stride is not None:
+        return [lo + i for i in stride_indices(hi - lo, num_frames, frame_stride)[0]]
     return [lo + i for i in sample_indices(hi - lo, num_frames)]
 
 
@@ -117,7 +123,7 @@ def _duration(times: np.ndarray, fps: float) -> float:
 
 
 def classify_windows(model, path, labels, window: float, stride: float, topk: int = 5,
-                     decoder: str = "auto", batch_size: int = BATCH_WINDOWS) -> dict:
+                     decoder: str = "auto", batch_size: int = BATCH_WINDOWS, preprocessing: dict | None = None) -> dict:
     """Score ``labels`` in windows of ``window`` seconds every ``stride`` seconds along ``path``.
 
     Returns ``{"path", "duration", "window", "stride", "labels", "windows": [{"start", "end",
@@ -125,6 +131,12 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
     A truncated file (fewer frames than its container declares) is scored along the frames that
     survived, and the dict gets a ``"warning"`` saying so (``DecodeStats.warning``).
     ``decoder``: "auto" | "dali" | "pyav" (see ``engine.video.decoders``).
+
+    ``preprocessing``: the model's spec dict (default: ``model.preprocessing`` where that is a dict,
+    else X-CLIP's rules with ``model.num_frames`` / ``model.image_size``). With an EVL spec each
+    window is one EVL view ("1x1": stride sampling inside the window, EVL's resize and centre crop),
+    read with PyAV (``auto``; a forced ``dali`` raises ``DecoderUnavailableError``). Scoring calls
+    ``model.encode_text(labels)`` and ``model.logits(pixels, text)`` for every family.
     """
     window, stride = check_seconds("window", window), check_seconds("stride", stride)
     if int(topk) < 1:
@@ -135,9 +147,28 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
     labels = check_labels(labels)
     text = model.encode_text(labels)   # computed once for all windows (and cached by the model)
     k = min(int(topk), len(labels))
-    t, size = int(model.num_frames), int(model.image_size)
+    if preprocessing is None and isinstance(getattr(model, "preprocessing", None), dict):
+        preprocessing = model.preprocessing
+    spec = None
+    if preprocessing is not None:
+        from .preprocessing import parse_preprocessing
 
-    chosen = choose_decoder(path, decoder)
+        spec = parse_preprocessing(preprocessing)
+    evl = spec is not None and spec.family == "evl"
+    if spec is not None:
+        t, size = spec.num_frames, spec.crop
+    else:
+        t, size = int(model.num_frames), int(model.image_size)
+
+    if evl:
+        if str(decoder).strip().lower() == "dali":
+            from .decoders import DecoderUnavailableError
+
+            raise DecoderUnavailableError("decoder 'dali' does not implement EVL's preprocessing (stride "
+                                          "sampling, float resize); use decoder 'auto' or 'pyav'")
+        chosen = "pyav"
+    else:
+        chosen = choose_decoder(path, decoder)
     frames = _PyAVFrames(path)
     try:
         times = frames.frame_times()
@@ -145,7 +176,7 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
         warning = frames.video.stats.warning(path)
         duration = _duration(times, _fps(frames.video.stream))
         bounds = window_bounds(duration, window, stride)
-        clips = [window_indices(times, s, e, t) for s, e in bounds]
+        clips = [window_indices(times, s, e, t, spec.stride if evl else None) for s, e in bounds]
         if chosen == "dali":
             frames.close()   # DALI reads the file itself; PyAV only supplied the frame times
             from .dali import read_index_clips
@@ -155,6 +186,12 @@ def classify_windows(model, path, labels, window: float, stride: float, topk: in
         else:
             def read_batch(batch):
                 flat = frames.read([i for clip in batch for i in clip])
+                if evl:
+                    from .evl_transforms import preprocess_evl
+
+                    return np.concatenate([preprocess_evl(flat[j * t:(j + 1) * t], size=size, mean=spec.mean,
+                                                          std=spec.std, resize_short_side=spec.resize_short_side)
+                                           for j in range(len(batch))])
                 return np.concatenate([preprocess(flat[j * t:(j + 1) * t], size=size)
                                        for j in range(len(batch))])
 

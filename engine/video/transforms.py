@@ -25,7 +25,6 @@ and datasets/pipeline.py, with the mmcv helpers those transforms call.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import cv2
@@ -34,15 +33,7 @@ import numpy as np
 # one definition, in the model config; the names MEAN / STD stay for the video modules and callers
 from ..config import IMAGE_MEAN as MEAN
 from ..config import IMAGE_STD as STD
-
-
-def parse_views(views: str) -> tuple[int, int]:
-    """"NxM" -> (N clips, M crops). M must be 1 (center crop) or 3 (ThreeCrop), as officially."""
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(views))
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) not in (1, 3):
-        raise ValueError(f"views must be 'NxM' with N >= 1 clips and M = 1 or 3 crops "
-                         f"(e.g. '1x1' or '4x3'), got {views!r}")
-    return int(m.group(1)), int(m.group(2))
+from .preprocessing import parse_views  # noqa: F401 - one "NxM" parser for both families, named here too
 
 
 def resize_target(size: int) -> int:
