@@ -39,10 +39,10 @@ class TritonOps:
     kernel_status = staticmethod(kernel_status)      # {kernel: "ok" | "off: reason" | "unchecked"}
 
     def __init__(self):
-        from . import frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu
+        from . import adjacent_attention, frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu
 
-        self._fa, self._ln, self._ma, self._pa, self._mlp = (
-            frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu)
+        self._fa, self._ln, self._ma, self._pa, self._mlp, self._adj = (
+            frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu, adjacent_attention)
 
     def attention(self, q, k, v, causal: bool = False):
         if causal:
@@ -68,6 +68,10 @@ class TritonOps:
 
     def mlp(self, x, w1, b1, w2, b2):
         return self._mlp.mlp(x, w1, b1, w2, b2)
+
+    def adjacent_frame_feature(self, q, k, w_prev, w_next, grid: int):
+        # EVL's adjacent-frame attention feature (docs/model-evl.md §7)
+        return self._adj.adjacent_frame_feature(q, k, w_prev, w_next, grid)
 
 
 def _check_device(device) -> None:

@@ -30,7 +30,8 @@ from xclip_engine.engine.runtime.yardstick import rel_error
 
 from .guards import DISABLE_ENV, interpreting
 
-KERNELS = ("frame_attention", "message_attention", "layer_norm", "quick_gelu", "prompt_attention")
+KERNELS = ("frame_attention", "message_attention", "layer_norm", "quick_gelu", "prompt_attention",
+           "adjacent_attention")
 CHECK_DTYPES = (torch.float32, torch.float16)
 FACTOR = 3.0
 FLOOR = {torch.float32: 1e-5, torch.float16: 1e-3}

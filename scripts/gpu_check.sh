@@ -70,7 +70,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # xclip_engine from this c
 
 GPU_TESTS=(tests/export/test_tensorrt.py tests/export/test_gpu_runners.py tests/video/test_dali_checks.py
            tests/video/test_dali_pipeline.py tests/parity/test_triton_backend.py)
-KERNELS=(frame_attention message_attention prompt_attention layer_norm quick_gelu triton_backend)
+KERNELS=(frame_attention message_attention prompt_attention layer_norm quick_gelu triton_backend adjacent_attention)
 
 step doctor 300 bash -c "'$PY' -m xclip_engine.engine.cli doctor --json > '$OUT/doctor.json'"
 if [ "$CPU_HALF" -eq 0 ]; then

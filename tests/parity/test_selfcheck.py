@@ -14,6 +14,7 @@ import torch
 from helpers import assert_close
 
 from xclip_engine.engine.model.ops import REFERENCE
+from xclip_engine.kernels import adjacent_attention as aa
 from xclip_engine.kernels import frame_attention as fa
 from xclip_engine.kernels import layer_norm as ln
 from xclip_engine.kernels import message_attention as ma
@@ -44,6 +45,9 @@ def calls(name, device):
     if name == "quick_gelu":
         a = _args(qg, device)
         return lambda: qg.mlp(*a), lambda: REFERENCE.mlp(*a)
+    if name == "adjacent_attention":
+        a = _args(aa, device)
+        return lambda: aa.adjacent_frame_feature(*a), lambda: REFERENCE.adjacent_frame_feature(*a)
     a = _args(ma, device)
     return lambda: ma.message_attention(*a), lambda: REFERENCE.message_attention(*a)
 
