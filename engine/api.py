@@ -5,6 +5,12 @@
     logits = m.logits(pixel_values, t)                  # [B, K]
     preds = m.classify(["a.mp4", "b.mp4"], ["eating spaghetti", "surfing"])
 
+EVL (a closed-set classifier, docs/model-evl.md) is the same Model with no text: its classes are fixed.
+
+    m = xe.load("k400_vitb16_8f_dec4x768.pth", backbone="ViT-B-16.pt")
+    logits = m.logits(pixel_values)                     # [B, classes]; m.labels: the class names
+    preds = m.classify(["a.mp4"])                       # its own preprocessing and views ("3x1")
+
 Whole runs over files and folders (output files, resume, shards, windows): `xe.infer`, engine/pipeline.py.
 """
 
@@ -18,7 +24,7 @@ import torch
 
 from .checkpoint import load_model
 from .decode_ahead import classify_stream
-from .io.labels import check_labels
+from .io.labels import ClosedSetError, check_labels
 from .io.results import Prediction  # noqa: F401  (xe.Prediction, the result type, is importable from here)
 from .model import XCLIP
 from .runtime.device import default_device
@@ -29,13 +35,18 @@ BACKENDS = ("reference", "triton", "onnxruntime", "tensorrt")
 
 
 class Model:
-    """A loaded X-CLIP model with its tokenizer: the object `xe.load` returns."""
+    """A loaded model with what it needs to score videos: the object `xe.load` returns.
+
+    X-CLIP scores any labels through its text tower (a tokenizer). EVL (`family` "evl",
+    `closed_set`) has none: `logits(pixels)` gives its fixed classes, named by `labels`;
+    `encode_text`, or text passed to `logits`, raises ClosedSetError. Each model reads videos with
+    its own `preprocessing` (engine/config.py), which classify and xe.infer apply."""
 
     choice = None         # backend "auto": the measured Choice (engine/runtime/choice.py)
     backend_note = ""     # which path runs, and why
 
-    def __init__(self, net: XCLIP, tokenizer: ClipTokenizer, device=None, labels=None, origin: str = "",
-                 kind: str = "", backend: str = "reference"):
+    def __init__(self, net: XCLIP, tokenizer: ClipTokenizer | None, device=None, labels=None, origin: str = "",
+                 kind: str = "", backend: str = "reference", backbone: str | None = None):
         self.device = default_device(device)
         # `net` is the reference XCLIP (any ops backend) or a runtime with the same four calls
         # (encode_text, encode_video, video_features, __call__) and .config: ONNX Runtime, TensorRT.
@@ -44,6 +55,7 @@ class Model:
         self.tokenizer = tokenizer
         self.labels = list(labels) if labels else None    # the label set a fine-tuned model came with
         self.origin, self.kind, self.backend = origin, kind, backend
+        self.backbone_origin = backbone   # EVL from two files: the CLIP backbone file beside `origin`
         self._text_cache: OrderedDict = OrderedDict()
 
     @property
@@ -58,14 +70,49 @@ class Model:
     def image_size(self) -> int:
         return self.config.image_size
 
+    @property
+    def family(self) -> str:
+        """Which model definition: "xclip" or "evl"."""
+        return getattr(self.config, "family", "xclip")
+
+    @property
+    def closed_set(self) -> bool:
+        """True for a classifier of fixed classes (EVL): no text, `labels` name its outputs."""
+        return self.family == "evl"
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.config.num_classes if self.closed_set else None
+
+    @property
+    def preprocessing(self) -> dict:
+        """The test-time preprocessing this model was trained for, as data (engine/config.py):
+        what classify and xe.infer read videos with; its "views" (when stated) is their default."""
+        from .config import evl_preprocessing, xclip_preprocessing
+
+        return evl_preprocessing(self.config) if self.closed_set else xclip_preprocessing(self.config)
+
+    @property
+    def default_views(self) -> str:
+        return self.preprocessing.get("views") or "1x1"
+
     def __repr__(self):
-        return (f"Model({self.origin or 'random'}, backend={self.backend}, frames={self.num_frames}, "
-                f"size={self.image_size}, device={self.device})")
+        extra = f", backbone={self.backbone_origin}" if self.backbone_origin else ""
+        classes = f", classes={self.num_classes}" if self.closed_set else ""
+        return (f"Model({self.origin or 'random'}{extra}, family={self.family}, backend={self.backend}, "
+                f"frames={self.num_frames}, size={self.image_size}{classes}, device={self.device})")
+
+    def _closed_set_error(self, what: str) -> ClosedSetError:
+        return ClosedSetError(f"{what}: this {self.family.upper()} model is a closed-set classifier of "
+                              f"{self.num_classes} classes with no text tower; m.logits(pixel_values) scores its "
+                              "classes, m.labels names them (pass a labels file of that many names to rename them)")
 
     # ---- features -------------------------------------------------------------------------
     @torch.inference_mode()
     def encode_text(self, labels) -> torch.Tensor:
         """Label strings (or token ids [K, 77]) -> text features [K, E]; cached per label set."""
+        if self.closed_set:
+            raise self._closed_set_error("encode_text")
         if torch.is_tensor(labels):
             return self.net.encode_text(labels.to(self.device))
         labels = tuple(check_labels(labels, merge=False))   # rows match the labels asked for
@@ -82,29 +129,40 @@ class Model:
         c = self.config
         want = (c.num_frames, 3, c.image_size, c.image_size)
         if x.ndim != 5 or tuple(x.shape[1:]) != want:
+            how = ("xe.read_video(path, preprocessing=m.preprocessing)" if self.closed_set
+                   else f"xe.read_video(path, num_frames={want[0]}, size={want[2]})")
             raise ValueError(f"pixel_values has shape {tuple(x.shape)}; this model takes [B, {want[0]}, 3, "
-                             f"{want[2]}, {want[3]}] (xe.read_video(path, num_frames={want[0]}, size={want[2]}))")
+                             f"{want[2]}, {want[3]}] ({how})")
         return x.to(self.device, torch.float32)
 
     @torch.inference_mode()
     def encode_video(self, pixel_values) -> torch.Tensor:
-        """pixel_values [B, T, 3, S, S] -> video embeddings [B, E] (as get_video_features)."""
+        """pixel_values [B, T, 3, S, S] -> video embeddings [B, E] (as get_video_features); EVL: the
+        query token's features [B, C] before the head."""
         return self.net.encode_video(self._pixels(pixel_values))
 
     @torch.inference_mode()
-    def logits(self, pixel_values, text) -> torch.Tensor:
-        """pixel_values [B, T, 3, S, S] and text features [K, E] (or labels) -> logits [B, K]."""
+    def logits(self, pixel_values, text=None) -> torch.Tensor:
+        """pixel_values [B, T, 3, S, S] and text features [K, E] (or labels) -> logits [B, K].
+        EVL: no text; pixel_values -> logits [B, classes]."""
+        if self.closed_set:
+            if text is not None:
+                raise self._closed_set_error("logits(pixel_values, text)")
+            return self.net(self._pixels(pixel_values))
+        if text is None:
+            raise ValueError("X-CLIP scores labels: pass text features or labels, m.logits(pixel_values, labels)")
         if not torch.is_tensor(text):
             text = self.encode_text(text)
         return self.net(self._pixels(pixel_values), text.to(self.device))
 
     # ---- files -> answers -----------------------------------------------------------------
-    def classify(self, paths, labels=None, topk: int = 5, views: str = "1x1", batch_size: int = 8,
+    def classify(self, paths, labels=None, topk: int = 5, views: str | None = None, batch_size: int = 8,
                  workers: int = 2, decoder: str = "auto"):
-        """Classify video files; one Prediction per path, in order, errors included."""
+        """Classify video files; one Prediction per path, in order, errors included. `labels` None:
+        the model's own; `views` None: the model's default (X-CLIP "1x1", EVL "3x1")."""
         return list(self.classify_iter(paths, labels, topk, views, batch_size, workers=workers, decoder=decoder))
 
-    def classify_iter(self, paths, labels=None, topk: int = 5, views: str = "1x1", batch_size: int = 8,
+    def classify_iter(self, paths, labels=None, topk: int = 5, views: str | None = None, batch_size: int = 8,
                       workers: int = 2, decoder: str = "auto", prefetch: int | None = None,
                       timings: dict | None = None):
         """Yield Predictions in input order; a video that fails to decode yields its error, and
@@ -132,9 +190,14 @@ def default_model_path() -> str:
 
 
 def load(source=None, backend: str = "reference", device=None, arch: str | None = None,
-         random_init: bool = False, precision: str | None = None) -> Model:
+         random_init: bool = False, precision: str | None = None, backbone=None) -> Model:
     """Load X-CLIP from a registry name, a transformers folder, an official .pth, our checkpoint,
     or (backends onnxruntime / tensorrt) an export folder. No source: the bundled default model.
+
+    EVL: an official EVL .pth with `backbone`, its CLIP image tower (OpenAI's ViT-B-16.pt, a
+    transformers CLIP folder or an open_clip checkpoint; engine/checkpoint/format_evl.py), our own
+    format (backbone included: `save_model` writes one), or a registry name `evl-*` with
+    random_init. `backbone` with any other source is refused.
 
     backend "auto" takes the fastest path that computes the reference's answers here: on first use
     of an architecture on a machine it times and verifies every candidate (reference fp32 and bf16
@@ -175,7 +238,7 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
                          "'tensorrt')")
     if precision == "bf16" and backend not in ("reference", "auto"):
         raise ValueError(f"precision='bf16' runs on backend 'reference' (the {backend} kernels are fp32/fp16)")
-    loaded = load_model(source, arch=arch, random_init=random_init)
+    loaded = load_model(source, arch=arch, random_init=random_init, backbone=backbone)
     net = loaded.model
     if backend == "auto":
         from .runtime.choice import choose_for_checkpoint
@@ -193,9 +256,32 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
         from .runtime.bf16 import to_bf16
 
         to_bf16(net.eval())
-    tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
+    if getattr(net.config, "family", "xclip") == "evl":
+        tokenizer = None   # a closed-set model has no text tower
+    else:
+        tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
     model = Model(net, tokenizer, device=device, labels=loaded.labels, origin=loaded.origin,
-                  kind=loaded.kind, backend=backend)
+                  kind=loaded.kind, backend=backend, backbone=loaded.meta.get("backbone"))
     model.choice = choice
     model.backend_note = choice.note if choice else f"{backend} ({precision or 'fp32'}, asked for)"
     return model
+
+
+class ClosedSetScoring:
+    """A closed-set Model seen through the calls of a label-scoring loop (encode_text(labels) once,
+    then logits(pixels, text)), for loops written for X-CLIP (engine/video/timeline.py): the "text"
+    is only the check that the labels name the model's classes."""
+
+    def __init__(self, model: Model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def encode_text(self, labels):
+        from .io.labels import check_class_names
+
+        check_class_names(labels, self._model.num_classes)
+
+    def logits(self, pixel_values, text=None):
+        return self._model.logits(pixel_values)

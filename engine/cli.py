@@ -73,7 +73,8 @@ def models_cmd():
 
     for name, e in REGISTRY.items():
         c = e.config
-        click.echo(f"{name:36s} {c.num_frames:2d} frames {c.image_size} px  {e.hub_id or '-':45s} {e.note}")
+        click.echo(f"{name:36s} {e.family:5s} {c.num_frames:2d} frames {c.image_size} px  {e.hub_id or '-':45s} "
+                   f"{e.note}")
 
 
 @main.command("doctor")
@@ -104,6 +105,9 @@ def doctor_cmd(model_src, device, fresh, as_json):
               help="Registry name, transformers X-CLIP folder, official VideoX .pth, our checkpoint, or an "
                    "export folder (with --backend onnxruntime). Default: the bundled demonstration model.")
 @click.option("--arch", default=None, help="Registry name whose architecture an official .pth has.")
+@click.option("--backbone", default=None, metavar="CLIP",
+              help="EVL: the CLIP backbone of an official EVL .pth (OpenAI's ViT-B-16.pt / ViT-L-14.pt, a "
+                   "transformers CLIP folder or an open_clip checkpoint). Other models hold their own.")
 @click.option("--labels", "labels_text", default=None, help='Comma-separated labels: "cooking, dancing".')
 @click.option("--labels-file", default=None,
               help="One label per line, an id,name CSV, or a bundled set: k400, k600, hmdb51, ucf101.")
@@ -112,8 +116,9 @@ def doctor_cmd(model_src, device, fresh, as_json):
                    "case-insensitive; a pattern with / matches the path below the folder). Default: the usual "
                    "video extensions. Files named on the command line are always read.")
 @click.option("--topk", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--views", default="1x1", show_default=True, type=click.Choice(["1x1", "4x3"]),
-              help="Test views: 1x1 (one clip, center crop) or 4x3 (4 clips x 3 crops, scores averaged).")
+@click.option("--views", default=None, metavar="NxM",
+              help="Test views, N clips x M crops (M = 1 or 3), scores averaged: 1x1 (one clip, centre crop), "
+                   "4x3 (X-CLIP's multi-view test), 3x1 (EVL's). Default: the model's own (X-CLIP 1x1, EVL 3x1).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
               help="Decode threads; they decode the next batch while the model runs this one. At most 4 per "
@@ -121,9 +126,10 @@ def doctor_cmd(model_src, device, fresh, as_json):
 @click.option("--decoder", default="auto", show_default=True, type=click.Choice(["auto", "dali", "pyav"]),
               help="Video decoder: dali (NVIDIA DALI, GPU), pyav (FFmpeg, CPU), auto (DALI where it can).")
 @click.option("--format", "fmt", default="table", show_default=True,
-              type=click.Choice(["table", "json", "jsonl", "csv"]),
+              type=click.Choice(["table", "json", "jsonl", "csv", "parquet"]),
               help="json and jsonl are the same: one JSON object per line, "
-                   '{"path": ..., "top": [{"label": ..., "score": ...}], "error": null}.')
+                   '{"path": ..., "top": [{"label": ..., "score": ...}], "error": null}. parquet: with --ray, '
+                   "a folder of Parquet part files.")
 @click.option("--output", "-o", default=None, metavar="FILE",
               help="Write results to FILE instead of stdout, line by line as they come. With --shard I/N "
                    "(or torchrun) and N > 1, shard I writes FILE with .shard-I-of-N before its extension: "
@@ -157,10 +163,18 @@ def doctor_cmd(model_src, device, fresh, as_json):
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="CPU threads for the model, torch and ONNX Runtime alike (default: one per core). Lower it "
                    "when other work shares the machine: more threads than free cores slow every one down.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Run on Ray Data: local (a private Ray on this machine), auto (the running cluster, "
+                   "RAY_ADDRESS) or a cluster address. --workers decode tasks on CPUs, a pool of model actors "
+                   "(--ray-actors); same rows, --output, --resume and exit status. Inputs may be manifests "
+                   "(.txt/.lst, or a .csv/.parquet 'path' column); --output may be a FOLDER/ of part files.")
+@click.option("--ray-actors", default=None, metavar="MIN:MAX",
+              help="With --ray: model actors, each loading the model once (a GPU each where the cluster has "
+                   "GPUs). Default: 1 to the cluster's GPU count (1 without GPUs).")
 @click.pass_context
-def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, topk, views, batch_size, workers,
+def infer_cmd(ctx, inputs, model_src, arch, backbone, labels_text, labels_file, globs, topk, views, batch_size, workers,
               decoder, fmt, output, resume, overwrite, shard, window, stride, plot, backend, precision, device,
-              threads):
+              threads, ray_address, ray_actors):
     """Classify VIDEOS (files or folders of videos) against a label set.
 
     Folders are searched recursively; inputs are answered in sorted path order, each once.
@@ -173,12 +187,29 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
     from .video.decoders import DALI_INSTALL, DecoderUnavailableError, dali_installed
 
     fmt = "jsonl" if fmt == "json" else fmt   # one format, two names (json was always JSON lines)
+    if ray_address is not None:
+        from .cluster import RAY_INSTALL, missing_modules, parse_actors
+
+        if missing_modules():
+            _usage_error(f"--ray runs on Ray Data, which is not installed: `{RAY_INSTALL}`")
+        if arch is not None or device is not None:
+            _usage_error("--ray: each actor loads --model itself on the device Ray gives it: drop --arch/--device")
+        if backbone is not None:
+            _usage_error("--ray runs X-CLIP models only so far: run this EVL model (--backbone) without --ray")
+        try:
+            parse_actors(ray_actors)
+        except ValueError as e:
+            _usage_error(str(e).replace("ray_actors", "--ray-actors"))
+    elif ray_actors is not None:
+        _usage_error("--ray-actors sizes the model actors of a --ray run: pass --ray ADDRESS too")
+    if fmt == "parquet" and ray_address is None:
+        _usage_error("--format parquet writes a folder of part files: with --ray and --output FOLDER/")
     if window is None and (stride is not None or plot is not None):
         _usage_error("--stride and --plot go with --window SECONDS")
     if window is not None:
         if fmt != "jsonl" and ctx.get_parameter_source("fmt") != click.core.ParameterSource.DEFAULT:
             _usage_error("--window writes one JSON line (a timeline) per video: use --format jsonl")
-        if views != "1x1":
+        if views not in (None, "1x1"):
             _usage_error("--window classifies each window with one view: drop --views")
         fmt = "jsonl"
     if decoder == "dali" and not dali_installed():
@@ -186,7 +217,10 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
                      "(or use --decoder pyav / auto)")
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         _usage_error("--plot needs matplotlib: `pip install matplotlib`")
-    if resume and (output is None or fmt != "jsonl"):
+    from .cluster.folder_output import is_folder_output
+
+    folder_out = ray_address is not None and is_folder_output(output, fmt)
+    if resume and not folder_out and (output is None or fmt != "jsonl"):
         _usage_error("--resume continues a JSON lines file: pass --output FILE --format jsonl")
     if overwrite and output is None:
         _usage_error("--overwrite replaces an --output FILE: pass one")
@@ -199,7 +233,7 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
         _usage_error(str(e))
     labels = _labels_from_options(labels_text, labels_file)
 
-    if output is not None:
+    if output is not None and not folder_out:
         # what the path alone can tell, before a model loads for seconds (xe.infer checks it all again)
         from .io.output import check_output_path
         from .io.results import shard_output_path
@@ -212,24 +246,43 @@ def infer_cmd(ctx, inputs, model_src, arch, labels_text, labels_file, globs, top
         import torch
 
         torch.set_num_threads(threads)   # ONNX Runtime sessions take the same number (export/ort_runner.py)
-    try:
-        model = load(model_src, backend=backend, device=device, arch=arch, precision=precision)
-    except (CheckpointError, KeyError, ValueError, NotImplementedError, OSError) as e:
-        _usage_error(f"cannot load the model {model_src or '(bundled default)'}: {e}")
+    if ray_address is None:
+        try:
+            model = load(model_src, backend=backend, device=device, arch=arch, precision=precision,
+                         backbone=backbone)
+        except (CheckpointError, KeyError, ValueError, NotImplementedError, OSError) as e:
+            _usage_error(f"cannot load the model {model_src or '(bundled default)'}: {e}")
     if model_src is None:
         click.echo("using the bundled demonstration model (shapes data set); pass --model for a real X-CLIP",
                    err=True)
-    click.echo(f"backend: {model.backend_note}", err=True)
-    if labels is None and not model.labels:
-        _usage_error("no labels: pass --labels \"a, b, c\" or --labels-file FILE (or k400, k600, hmdb51, ucf101)")
+    if ray_address is None:
+        click.echo(f"backend: {model.backend_note}", err=True)
+        if model.closed_set and labels_text is not None:
+            _usage_error(f"--labels: this {model.family.upper()} model is a closed-set classifier of "
+                         f"{model.num_classes} classes; it cannot score free-text labels. Its classes are named by "
+                         "the model itself (leave --labels out), or rename them with --labels-file FILE of "
+                         f"{model.num_classes} names (k400 for a Kinetics-400 model)")
+        if model.closed_set and labels is None and not model.labels:
+            _usage_error(f"this model's {model.num_classes} classes have no names: pass --labels-file FILE with "
+                         f"{model.num_classes} names, one per class in the order of its outputs")
+        if labels is None and not model.labels:
+            _usage_error("no labels: pass --labels \"a, b, c\" or --labels-file FILE (or k400, k600, hmdb51, "
+                         "ucf101)")
+        ray_args = {}
+    else:   # each Ray actor loads the model from its source (the driver reads only its labels and shapes)
+        model = model_src
+        ray_args = dict(ray=ray_address, ray_actors=ray_actors, backend=backend, precision=precision)
+        click.echo(f"ray: {ray_address}; each model actor loads the model with backend {backend}", err=True)
 
     try:
         run = infer(inputs, model, labels, topk=topk, views=views, window=window, stride=stride,
                     output=output or sys.stdout, fmt=fmt, resume=resume, overwrite=overwrite, shard=shard,
                     batch_size=batch_size,
-                    workers=workers, decoder=decoder, glob=globs, plot=plot)
+                    workers=workers, decoder=decoder, glob=globs, plot=plot, **ray_args)
     except (ResultsFileError, ValueError) as e:   # what the checks above let through (the output file's rules)
         _usage_error(str(e))
+    except (CheckpointError, KeyError, NotImplementedError, OSError) as e:   # --ray: the driver's model load
+        _usage_error(f"cannot load the model {model_src or '(bundled default)'}: {e}")
 
     from tqdm import tqdm
 

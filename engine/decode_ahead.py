@@ -19,7 +19,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
 from .io.labels import check_labels
 from .io.results import Prediction
@@ -58,7 +57,15 @@ def check_decode_args(topk: int = 5, views: str = "1x1", batch_size: int = 8, wo
 
 
 def model_labels(model, labels) -> list[str]:
-    """The labels to score: the caller's, else the model's own set (a fine-tuned model's)."""
+    """The labels to score: the caller's, else the model's own set (a fine-tuned model's). A
+    closed-set model (EVL) scores its own classes: labels only name them, one per class."""
+    if getattr(model, "closed_set", False):
+        from .io.labels import ClosedSetError, check_class_names
+
+        if labels is None and not model.labels:
+            raise ClosedSetError(f"this model has {model.num_classes} classes and no class names: pass a labels file "
+                                 f"of {model.num_classes} names in the order of its outputs (--labels-file FILE)")
+        return check_class_names(model.labels if labels is None else labels, model.num_classes)
     if labels is None:
         if not model.labels:
             raise ValueError("no labels given and the model has no label set of its own: pass labels")
@@ -66,7 +73,21 @@ def model_labels(model, labels) -> list[str]:
     return check_labels(labels)
 
 
-def classify_stream(model, paths, labels=None, topk: int = 5, views: str = "1x1", batch_size: int = 8,
+def model_views(model, views: str | None) -> str:
+    """The views to read: the caller's, else the model's default (its preprocessing's: EVL "3x1")."""
+    return (getattr(model, "default_views", None) or "1x1") if views is None else views
+
+
+def model_read_args(model) -> dict:
+    """What read_clip needs beyond path, views and decoder: the model's preprocessing where it is
+    not X-CLIP's built-in rule (X-CLIP keeps the plain num_frames/size call, which DALI also serves)."""
+    args = dict(num_frames=model.num_frames, size=model.image_size)
+    if getattr(model, "family", "xclip") != "xclip":
+        args["preprocessing"] = model.preprocessing
+    return args
+
+
+def classify_stream(model, paths, labels=None, topk: int = 5, views: str | None = None, batch_size: int = 8,
                     workers: int = 2, decoder: str = "auto", prefetch: int | None = None,
                     timings: dict | None = None):
     """Yield one Prediction per path, in input order; a video that fails to decode yields its
@@ -77,19 +98,43 @@ def classify_stream(model, paths, labels=None, topk: int = 5, views: str = "1x1"
     waiting beyond the batch being scored. `timings`, a dict, gets decode_s (summed over workers),
     wait_s (the model waiting for decoded videos), model_s and videos added to it."""
     labels = model_labels(model, labels)
+    views = model_views(model, views)
     check_decode_args(topk, views, batch_size, workers, decoder)
     workers = decode_threads(workers)   # the read-ahead below grows with it: bounded whatever was asked
-    text = model.encode_text(labels)
+    text = None if getattr(model, "closed_set", False) else model.encode_text(labels)   # EVL: no text
     clock = timings if timings is not None else {}
     for key in ("decode_s", "wait_s", "model_s"):
         clock.setdefault(key, 0.0)
     clock.setdefault("videos", 0)
     # DALI decodes on the model's device (a CPU model: DALI's CPU decoder, or PyAV)
-    read_args = dict(num_frames=model.num_frames, size=model.image_size, views=views, decoder=decoder,
-                     device=str(model.device))
+    read_args = dict(**model_read_args(model), views=views, decoder=decoder, device=str(model.device))
     limit = max(1, batch_size + workers if prefetch is None else prefetch)
     score = _Scorer(model, text, labels, min(topk, len(labels)), clock)
     return _run(paths, read_args, score, batch_size, workers, limit, clock)
+
+
+def decode_video(path, read_args, read_clip=None, fatal=None):
+    """(clip, error, warning) of one video; warning: the answer will come from fewer frames than
+    the container declares (a truncated file). A video that cannot be read is its error, never an
+    exception, except DecoderUnavailableError (the decoder cannot run here at all). The one
+    per-video decode of the engine: the decode threads below and the Ray decode stage
+    (engine/cluster/stages.py) both call it."""
+    if read_clip is None:
+        from .video import decoders
+
+        read_clip, fatal = decoders.read_clip, decoders.DecoderUnavailableError
+    stats = DecodeStats()
+    try:
+        # collected per thread rather than passed as stats=: read_clip stand-ins take no stats
+        with collect_stats(stats):
+            clip = read_clip(path, **read_args)
+        return clip, None, stats.warning(path)
+    except VideoError as e:
+        return None, str(e), None
+    except fatal:
+        raise   # the decoder cannot run here at all: stop (future.result() re-raises it)
+    except Exception as e:  # an unexpected decoder failure must not end the run
+        return None, f"{path}: could not read the video ({type(e).__name__}: {e})", None
 
 
 def _run(paths, read_args, score, batch_size, workers, limit, clock):
@@ -100,21 +145,9 @@ def _run(paths, read_args, score, batch_size, workers, limit, clock):
     lock = threading.Lock()   # the workers add up their decode times in one dict
 
     def decode(path):
-        """(clip, error, warning) of one video; warning: the answer will come from fewer frames
-        than the container declares (a truncated file)."""
         t0 = time.perf_counter()
-        stats = DecodeStats()
         try:
-            # collected per thread rather than passed as stats=: read_clip stand-ins take no stats
-            with collect_stats(stats):
-                clip = read_clip(path, **read_args)
-            return clip, None, stats.warning(path)
-        except VideoError as e:
-            return None, str(e), None
-        except fatal:
-            raise   # the decoder cannot run here at all: stop (future.result() re-raises it)
-        except Exception as e:  # an unexpected decoder failure must not end the run
-            return None, f"{path}: could not read the video ({type(e).__name__}: {e})", None
+            return decode_video(path, read_args, read_clip, fatal)
         finally:
             with lock:
                 clock["decode_s"] += time.perf_counter() - t0
@@ -159,6 +192,8 @@ class _Scorer:
         clips = [clip for _, clip, _, _ in batch if clip is not None]
         probs = iter(())
         if clips:
+            import torch  # here, not at the top: Ray's decode tasks import this module without the model
+
             t0 = time.perf_counter()
             with torch.inference_mode():
                 p = self.model.logits(np.concatenate(clips), self.text).float().softmax(dim=-1)  # [sum V, K]

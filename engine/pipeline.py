@@ -21,18 +21,22 @@ from collections.abc import Generator
 from .io.results import FORMATS, parse_shard, read_for_resume, row_writer, shard_output_path, take_shard
 
 
-def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str = "1x1", window: float | None = None,
+def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str | None = None, window: float | None = None,
           stride: float | None = None, output=None, fmt: str = "jsonl", resume: bool = False,
           overwrite: bool = False, shard=None, batch_size: int = 8, workers: int = 2, decoder: str = "auto",
           backend: str = "auto", precision: str | None = None, device=None, glob=None,
-          plot: str | None = None) -> Inference:
+          plot: str | None = None, ray: str | None = None, ray_actors=None) -> Inference:
     """Classify videos (files, or folders searched recursively) and yield one result dict each.
 
     model: a loaded `Model`, or anything `xe.load` takes (None: the bundled demonstration model),
         loaded with `backend`, `precision` and `device` (which must stay at their defaults when a
         Model is given: it is already loaded).
-    labels: a list of label strings; None: the model's own label set.
-    topk, views ("1x1" | "4x3"), batch_size, workers (decode threads, at least 1; at most 4 per core
+    labels: a list of label strings; None: the model's own label set. A closed-set model (EVL) scores
+        its own classes: labels, if given, must name them all (as many as it has classes).
+    views: "NxM" (N clips x M crops: "1x1", X-CLIP's "4x3", EVL's "3x1"); None: the model's default,
+        from its preprocessing (X-CLIP "1x1", EVL "3x1"). Each model reads videos with its own
+        preprocessing (`Model.preprocessing`).
+    topk, views, batch_size, workers (decode threads, at least 1; at most 4 per core
         and 32 run, engine/decode_ahead.py decode_threads), decoder (auto | dali | pyav):
         as `Model.classify_iter`. glob: file name patterns a folder's files must match (default:
         video extensions; engine/io/inputs.py).
@@ -55,6 +59,15 @@ def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str = "1x1",
         in one rank of a job must not silently answer a part): pass
         `shard=engine.io.results.shard_from_env()` for that.
 
+    ray: run on Ray Data (engine/cluster/): "local" (a private Ray on this machine), "auto" (the running
+        cluster, RAY_ADDRESS) or a cluster address. The same rows, output rules, resume and errors;
+        decoding runs in `workers` CPU tasks, the model in an actor pool of `ray_actors` (MIN, MAX)
+        or "MIN:MAX" (default 1 to the cluster's GPUs), each actor loading the model from its
+        source (a Model given here: its origin) with `backend`. Inputs may also be manifests (a
+        .txt/.lst list, a .csv or .parquet "path" column); `output` may be a folder (an existing
+        one, a path ending in "/", or fmt "parquet") that the workers write part files to.
+        Needs `pip install 'xclip-engine[ray]'`.
+
     Bad arguments raise at once (ValueError; ShardError and ResultsFileError are ValueErrors);
     decoding and scoring start on the first `next()`. The returned generator also tells what it
     does: `.paths` (this shard's inputs), `.todo` (those it answers), `.skipped` (already answered,
@@ -64,7 +77,7 @@ def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str = "1x1",
     return Inference(inputs, model, labels, topk=topk, views=views, window=window, stride=stride, output=output,
                      fmt=fmt, resume=resume, overwrite=overwrite, shard=shard, batch_size=batch_size,
                      workers=workers, decoder=decoder, backend=backend, precision=precision, device=device,
-                     glob=glob, plot=plot)
+                     glob=glob, plot=plot, ray=ray, ray_actors=ray_actors)
 
 
 def _shard(shard) -> tuple[int, int]:
@@ -90,7 +103,7 @@ def _check_window(window, stride, views, fmt, plot):
     stride = window if stride is None else check_seconds("stride", stride)
     if fmt != "jsonl":
         raise ValueError(f"window writes one JSON line (a timeline) per video: use fmt 'jsonl', not {fmt!r}")
-    if views != "1x1":
+    if views not in (None, "1x1"):
         raise ValueError("window classifies each window with one view: leave views at '1x1'")
     if plot is not None:
         import importlib.util
@@ -104,27 +117,47 @@ class Inference(Generator):
     """The generator `infer` returns: rows as they come, plus what the run covers (see `infer`)."""
 
     def __init__(self, inputs, model, labels, *, topk, views, window, stride, output, fmt, resume, overwrite,
-                 shard, batch_size, workers, decoder, backend, precision, device, glob, plot):
+                 shard, batch_size, workers, decoder, backend, precision, device, glob, plot, ray=None,
+                 ray_actors=None):
         from .decode_ahead import check_decode_args
         from .io.inputs import discover_inputs
         from .io.output import OutputFile, check_not_an_input
 
         fmt = "jsonl" if fmt == "json" else fmt   # one format, two names
-        if fmt not in FORMATS:
+        self.ray, self._folder = ray, None
+        if ray is not None:
+            from .cluster import check_installed, parse_actors
+            from .cluster.folder_output import is_folder_output
+
+            check_installed()
+            self._ray_actors = parse_actors(ray_actors)
+            if plot is not None:
+                raise ValueError("plot draws timelines on this machine: run without ray for it")
+            if is_folder_output(output, fmt):
+                self._folder = os.fspath(output)
+            elif fmt == "parquet":
+                raise ValueError("fmt 'parquet' writes a folder of part files: pass output=FOLDER/ with ray")
+        elif ray_actors is not None:
+            raise ValueError("ray_actors sizes the model actors of a Ray run: pass ray=ADDRESS too")
+        if fmt not in FORMATS and not (self._folder is not None and fmt == "parquet"):
             raise ValueError(f"fmt {fmt!r} is not one of table, json, jsonl, csv")
         self.window, self.stride = _check_window(window, stride, views, fmt, plot)
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers ({workers!r}) must be a whole number, at least 1 (decode threads)")
-        check_decode_args(topk, views, batch_size, workers, decoder)
-        writes_path = output is not None and not hasattr(output, "write")
-        if resume and not (writes_path and fmt == "jsonl"):
+        check_decode_args(topk, "1x1" if views is None else views, batch_size, workers, decoder)
+        writes_path = output is not None and not hasattr(output, "write") and self._folder is None
+        if resume and self._folder is None and not (writes_path and fmt == "jsonl"):
             raise ValueError("resume continues a JSON lines file: pass output=PATH with fmt 'jsonl'")
-        if overwrite and not writes_path:
+        if overwrite and not writes_path and self._folder is None:
             raise ValueError("overwrite replaces an output file: pass output=PATH")
         self.shard = index, count = _shard(shard)
 
         if isinstance(inputs, (str, os.PathLike)):
             inputs = [inputs]
+        if ray is not None:
+            from .cluster.inputs import expand_manifests
+
+            inputs = expand_manifests(inputs)
         found = discover_inputs(inputs, [glob] if isinstance(glob, str) else glob)
         self.found, self._errors = found.paths, found.errors
         self.paths = take_shard(found.paths, index, count)
@@ -135,34 +168,59 @@ class Inference(Generator):
             # never replaced unasked, and one run at a time holds the file (until it ends)
             check_not_an_input(self.output, [*found.paths, *found.errors])
             self._file = OutputFile(self.output, resume=resume, overwrite=overwrite, jsonl=fmt == "jsonl")
+        if self._folder is not None:
+            from .cluster.folder_output import FolderOutput
+
+            self.output = self._folder
+            check_not_an_input(os.path.join(self._folder, "_meta.json"), [*found.paths, *found.errors])
+            self._folder = FolderOutput(self._folder, resume=resume, overwrite=overwrite, fmt=fmt)
         try:
             self._prepare(model, labels, backend, precision, device, resume,
                           dict(topk=topk, views=views, window=self.window, stride=self.stride))
         except BaseException:
             self._release()
             raise
-        self._args = dict(topk=topk, views=views, batch_size=batch_size, workers=workers, decoder=decoder)
+        self._args = dict(topk=topk, views=self.views, batch_size=batch_size, workers=workers, decoder=decoder)
         self._plot, self._fmt, self._out = plot, fmt, output
         self._rows = self._run()
 
     def _prepare(self, model, labels, backend, precision, device, resume, run_args):
-        from .decode_ahead import model_labels
+        from .decode_ahead import model_labels, model_views
         from .io.output import identity
 
-        self.model = _load(model, backend, precision, device)
+        if self.ray is not None:
+            # the driver's copy only tells the labels, the run's identity and the clip shape; each
+            # actor loads its own from the source, with `backend`
+            self._source = _ray_source(model, device)
+            self._backend, self._precision = backend, precision
+            self.model = _load(self._source, _driver_backend(self._source, backend), precision, "cpu")
+            if getattr(self.model, "closed_set", False):   # the actors score labels X-CLIP's way (stages.py)
+                raise ValueError("ray runs X-CLIP models only so far; run this EVL model without ray")
+        else:
+            self.model = _load(model, backend, precision, device)
         self.labels = model_labels(self.model, labels)
+        # None: the model's own views (EVL "3x1"); a timeline reads one view per window
+        views = "1x1" if self.window is not None else model_views(self.model, run_args["views"])
+        self.views = run_args["views"] = views
         self.timings: dict = {}   # decode_s, wait_s, model_s, videos (engine/decode_ahead.py)
         self.skipped = set()
         if self._file is not None:
             self._file.check_identity(identity(self.model, self.labels, **run_args))
             if resume:
                 self.skipped = read_for_resume(self.output, self.paths, repair_tail=self._file.ours)
+        if self._folder is not None:
+            self._folder.check_identity(identity(self.model, self.labels, **run_args))
+            if resume:
+                self.skipped = self._folder.read_for_resume(self.paths)
         self.todo = [p for p in self.paths if p not in self.skipped]
 
     def _release(self):
         file = getattr(self, "_file", None)   # None when __init__ stopped before the output was checked
         if file is not None:
             file.release()
+        folder = getattr(self, "_folder", None)
+        if folder is not None and not isinstance(folder, str):
+            folder.release()
 
     # the Generator protocol, by the inner generator: close() stops decoding and closes the file
     def send(self, value):
@@ -179,11 +237,13 @@ class Inference(Generator):
         self._release()       # a run dropped without close(): the lock must not outlive it
 
     def _run(self):
-        out, complete = self._out, False
+        out, complete = (self._out if self._folder is None else None), False
         try:
             if self._file is not None:
                 # opened on the first next(), so that a run that never starts leaves no file behind
                 out = self._file.open()
+            if self._folder is not None:
+                self._parts = self._folder.open()   # the workers write the parts there
             write = row_writer(self._fmt, out) if out is not None else None
             for row in self._answers():
                 if write is not None:
@@ -199,13 +259,34 @@ class Inference(Generator):
                     if out is not None:
                         out.close()
                     self._release()
+            if self._folder is not None:
+                try:
+                    if complete:
+                        self._folder.commit()
+                finally:
+                    self._release()
 
     def _answers(self):
         a = self._args
+        if self.ray is not None:
+            from .cluster.ray_data import ray_rows
+
+            folder = self._folder is not None
+            yield from ray_rows(self.todo, self._errors, address=self.ray, source=self._source, backend=self._backend,
+                                precision=self._precision, labels=self.labels, topk=a["topk"], views=a["views"],
+                                window=self.window, stride=self.stride, batch_size=a["batch_size"],
+                                workers=a["workers"], decoder=a["decoder"], actors=self._ray_actors,
+                                num_frames=self.model.num_frames, image_size=self.model.image_size,
+                                folder=self._parts if folder else None, fmt=self._fmt, ordered=not folder,
+                                timings=self.timings)
+            return
         if self.window is not None:
+            from .api import ClosedSetScoring
             from .video.timeline import timeline_rows
 
-            yield from timeline_rows(self.model, self.todo, self._errors, self.labels, self.window, self.stride,
+            # timelines score labels X-CLIP's way (encode_text, then logits): a closed-set model is seen so
+            scorer = ClosedSetScoring(self.model) if getattr(self.model, "closed_set", False) else self.model
+            yield from timeline_rows(scorer, self.todo, self._errors, self.labels, self.window, self.stride,
                                      a["topk"], a["decoder"], self._plot)
             return
         from .decode_ahead import classify_stream
@@ -219,6 +300,30 @@ class Inference(Generator):
                 yield (Prediction(path, error=known[path]) if path in known else next(decoded)).to_dict()
         finally:
             decoded.close()
+
+
+def _ray_source(model, device):
+    """What each Ray actor loads: the source given (None: the bundled model), or a Model's origin."""
+    from .api import Model
+
+    if device is not None:
+        raise ValueError("device: each Ray actor takes the GPU Ray gives it (else its CPU); leave device out")
+    if isinstance(model, Model):
+        if getattr(model, "closed_set", False):   # the actors score labels X-CLIP's way (cluster/stages.py)
+            raise ValueError("ray runs X-CLIP models only so far; run this EVL model without ray")
+        if not model.origin:
+            raise ValueError("with ray each actor loads the model from its source: this Model has none (a random "
+                             "one?); pass a path or registry name")
+        return model.origin
+    return None if model is None else os.fspath(model)
+
+
+def _driver_backend(source, backend):
+    # the driver needs the model's labels and shapes only: the reference path, except for an export
+    # folder, which only its runtimes read
+    from .runtime.choice import is_export_folder
+
+    return backend if source is not None and is_export_folder(source) else "reference"
 
 
 def _load(model, backend, precision, device):

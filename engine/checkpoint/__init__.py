@@ -1,7 +1,8 @@
-"""Load an X-CLIP model from any supported source: `load_model(source)`.
+"""Load a model (X-CLIP or EVL) from any supported source: `load_model(source)`.
 
 Sources: a registry name (weights through huggingface_hub), a transformers X-CLIP folder, an
-official VideoX .pth, or a checkpoint of ours (folder or .safetensors file). A name is resolved
+official VideoX .pth, an official EVL .pth with its CLIP backbone (`backbone=`: format_evl.py,
+backbone_formats.py), or a checkpoint of ours (folder or .safetensors file, either family). A name is resolved
 here to a folder (the hub's download) or a random model; a file or folder goes to detect.py,
 whose table picks the format's reader (format_*.py), which reads the files, converts the foreign
 key layout through its key table (keys.py, convert.py) and loads the result strictly.
@@ -42,25 +43,43 @@ def _from_hub(name: str) -> str:
             "and pass DIR as the model.") from None
 
 
-def load_model(source: str, arch: str | None = None, random_init: bool = False) -> Loaded:
-    """Read `source` into a reference XCLIP in eval mode. See the module docstring for sources."""
+def load_model(source: str, arch: str | None = None, random_init: bool = False,
+               backbone: str | None = None) -> Loaded:
+    """Read `source` into a reference model (XCLIP or EVL) in eval mode. See the module docstring for
+    sources; `backbone`: the CLIP file of an official EVL .pth (format_evl.py)."""
     source = os.fspath(source)
     if not os.path.exists(source):
         if source in REGISTRY:
             entry = get_entry(source)
+            if backbone is not None:
+                if entry.family != "evl":
+                    raise CheckpointError(f"{source} is an X-CLIP model: the backbone {backbone} is not used "
+                                          "(backbone= goes with an official EVL .pth)")
+                raise CheckpointError(f"{source} names an architecture only (no weights to go with the backbone "
+                                      f"{backbone}): load the official EVL .pth with backbone=")
             if random_init or entry.hub_id is None:
                 if not random_init:   # a name with no released weights: say so, unless asked for
                     warnings.warn(f"{source}: random weights (no checkpoint loaded)", stacklevel=2)
-                return Loaded(build_model(entry.config).eval(), "random", source)
+                labels = None
+                if entry.family == "evl" and entry.config.num_classes == 400:   # the releases' Kinetics-400
+                    from ..io.labels import load_labels
+
+                    labels = load_labels("k400")
+                return Loaded(build_model(entry.config).eval(), "random", source, labels=labels)
             source = _from_hub(source)
         else:
             raise CheckpointError(f"{source}: no such file or folder, and not a model name "
                                   f"(known names: {', '.join(REGISTRY)}; `xclip-engine models` lists them)")
-    return read_checkpoint(source, arch)
+    return read_checkpoint(source, arch, backbone)
 
 
 def save_model(model, path: str, labels: list[str] | None = None, **extra) -> str:
-    """Save in our format (folder, or one file when `path` ends with .safetensors)."""
+    """Save in our format (folder, or one file when `path` ends with .safetensors). `model`: a network
+    (XCLIP, EVL) or a loaded `xe.Model`, whose label set is saved unless `labels` is given (an EVL
+    loaded from its .pth and backbone is saved as one model, backbone included)."""
+    if hasattr(model, "net") and hasattr(model.net, "state_dict"):   # an xe.Model: its network and labels
+        labels = model.labels if labels is None else labels
+        model = model.net
     if labels is not None:
         extra["labels"] = list(labels)
     return save_ours(model.state_dict(), model.config, path, **extra)

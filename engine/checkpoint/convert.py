@@ -48,7 +48,11 @@ def _describe_rule(rule, numbers) -> str:
     return rule.format(*numbers)
 
 
-def convert_state_dict(source: dict, target: dict, table: dict, drop=(), origin: str = "checkpoint") -> dict:
+_XCLIP_HINT = "Check that the checkpoint is an X-CLIP model of this architecture (--arch / config.json)."
+
+
+def convert_state_dict(source: dict, target: dict, table: dict, drop=(), origin: str = "checkpoint",
+                       hint: str = _XCLIP_HINT) -> dict:
     """Build a state dict with `target`'s keys and shapes from `source` through `table`.
 
     Raises CheckpointError listing missing keys, unexpected keys and shape mismatches.
@@ -79,7 +83,7 @@ def convert_state_dict(source: dict, target: dict, table: dict, drop=(), origin:
     if problems:
         raise CheckpointError(
             f"{origin} does not fit the model configuration:\n" + "\n".join(problems)
-            + "\nCheck that the checkpoint is an X-CLIP model of this architecture (--arch / config.json).")
+            + "\n" + hint)
     return out
 
 

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from .convert import CheckpointError
 from .files import permission_denied
+from .format_evl import is_evl_official, is_torchscript, read_evl_official, refuse_torchscript
 from .format_official import is_torch_file, read_official
 from .format_ours import (
     OUR_JSON,
@@ -33,6 +34,7 @@ class Format(NamedTuple):
     name: str
     detect: Callable[[Source], bool]
     read: Callable[[Source, str | None], Loaded]
+    uses_backbone: bool = False   # reads Source.backbone (EVL's two-file layout); others refuse one
 
 
 def _is_export_folder(source: Source) -> bool:
@@ -57,7 +59,9 @@ FORMATS: list[Format] = [
     Format("export folder", _is_export_folder, _refuse_export_folder),
     Format("empty file", _is_empty_file, _refuse_empty_file),
     Format("xclip-engine .safetensors", is_safetensors_file, read_ours_safetensors),
+    Format("CLIP TorchScript archive", is_torchscript, refuse_torchscript),   # before anything unpickles it
     Format("trainer checkpoint", is_trainer_checkpoint, read_trainer_checkpoint),   # reads the pickle once
+    Format("official EVL .pth", is_evl_official, read_evl_official, uses_backbone=True),
     Format("official VideoX .pth", is_torch_file, read_official),
 ]
 
@@ -71,10 +75,15 @@ def detect(source: Source) -> Format:
                           f"(transformers) or {OUR_JSON} + model.safetensors (xclip-engine)")
 
 
-def read_checkpoint(path: str, arch: str | None = None) -> Loaded:
-    """Read the model at `path` (an existing file or folder) in whichever format it is in."""
-    source = Source(path)
+def read_checkpoint(path: str, arch: str | None = None, backbone: str | None = None) -> Loaded:
+    """Read the model at `path` (an existing file or folder) in whichever format it is in; `backbone`:
+    the CLIP file of an official EVL .pth (refused for every format that holds a whole model)."""
+    source = Source(path, None if backbone is None else os.fspath(backbone))
     try:
-        return detect(source).read(source, arch)
+        fmt = detect(source)
+        if backbone is not None and not fmt.uses_backbone:
+            raise CheckpointError(f"{path}: a {fmt.name} holds the whole model; the backbone {backbone} is not "
+                                  "used (backbone= / --backbone goes with an official EVL .pth only)")
+        return fmt.read(source, arch)
     except PermissionError as e:   # any file a reader opens itself (config.json, ...): name the cause
         raise permission_denied(e.filename or path) from None

@@ -110,6 +110,11 @@ def read_transformers_folder(folder: str) -> tuple[XCLIPConfig, dict]:
     cfg_path = os.path.join(folder, "config.json")
     cfg = read_json(cfg_path, "transformers' X-CLIP config.json")
     config = config_from_transformers(cfg, cfg_path)
+    return config, read_folder_tensors(folder)
+
+
+def read_folder_tensors(folder: str) -> dict:
+    """The tensors of a transformers folder: model.safetensors, its shards, or pytorch_model.bin."""
     st, st_index = os.path.join(folder, "model.safetensors"), os.path.join(folder, "model.safetensors.index.json")
     binary = os.path.join(folder, "pytorch_model.bin")
     if os.path.isfile(st):
@@ -129,4 +134,4 @@ def read_transformers_folder(folder: str) -> tuple[XCLIPConfig, dict]:
             raise CheckpointError(f"{binary}: expected a state dict, found {type(tensors).__name__}")
     else:
         raise CheckpointError(f"{folder}: has config.json but no model.safetensors or pytorch_model.bin")
-    return config, tensors
+    return tensors

@@ -35,8 +35,9 @@ class Source:
     """A file or folder on disk, as the detectors (detect.py) and readers see it. A pickled
     PyTorch file is read once: a detector that looks inside it leaves the object to the reader."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, backbone: str | None = None):
         self.path = path
+        self.backbone = backbone    # EVL: the CLIP backbone file given beside the checkpoint (format_evl.py)
         self.is_dir = os.path.isdir(path)
         self._torch = _UNREAD
 

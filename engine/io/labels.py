@@ -149,3 +149,20 @@ def check_labels(labels, merge: bool = True) -> list[str]:
         if not isinstance(lab, str) or not lab.strip():
             raise ValueError(f"label {i} is {lab!r}: every label must be a non-empty string")
     return merge_duplicates(labels) if merge else labels
+
+
+class ClosedSetError(ValueError):
+    """A closed-set model (EVL) asked to score free-text labels, or given class names of the wrong count."""
+
+
+def check_class_names(labels, num_classes: int, what: str = "this model") -> list[str]:
+    """Class names for a closed-set classifier of `num_classes` outputs: one name per output, in the
+    order of its logits. Not merged: a repeat would shift every name after it to the wrong class."""
+    labels = check_labels(labels, merge=False)
+    if len(labels) != num_classes:
+        raise ClosedSetError(
+            f"{what} is a closed-set classifier of {num_classes} classes: it cannot score free-text labels, and "
+            f"the {len(labels)} labels given do not name its classes; pass a labels file of {num_classes} names "
+            f"in the order of its outputs (--labels-file FILE; k400 for a Kinetics-400 model), or none to use "
+            "the class names the model came with")
+    return labels

@@ -14,12 +14,13 @@ Nothing is lost and nothing is silently wrong:
   process that holds it. The lock file is removed when the run ends. (No locking where `fcntl` is
   missing, i.e. Windows.)
 - A JSON lines FILE has a sidecar `FILE.meta.json` that says which run wrote it (`identity`): the
-  model (its origin and kind), the sha256 of the label list, topk, views, window and stride. It is
-  a separate file so that FILE stays one result per line for every reader. `resume` refuses a
-  FILE whose sidecar names another run (the message lists the differing fields); a FILE without
-  a sidecar is continued only when every line of it is a complete result row (a file of an older
-  version), never repaired: only OUR files (sidecar present and matching) get their cut-off last
-  line, which a killed run leaves, dropped (engine/io/results.py read_for_resume).
+  model (its origin and kind, and an EVL model's backbone file), the sha256 of the label list, topk,
+  views, window and stride. It is a separate file so that FILE stays one result per line for every
+  reader. `resume` refuses a FILE whose sidecar names another run (the message lists the differing
+  fields); a FILE without a sidecar is continued only when every line of it is a complete result
+  row (a file of an older version), never repaired: only OUR files (sidecar present and matching)
+  get their cut-off last line, which a killed run leaves, dropped (engine/io/results.py
+  read_for_resume).
 
 Paths that are not regular files (/dev/null, /dev/stdout, a pipe) are written as before, with
 no lock, sidecar or temporary file.
@@ -66,7 +67,11 @@ def identity(model, labels, *, topk: int, views: str, window, stride) -> dict:
     origin = str(getattr(model, "origin", "") or "")
     if origin and os.path.exists(origin):
         origin = os.path.realpath(origin)   # the same model however its path was spelled
-    return {"model": {"origin": origin, "kind": str(getattr(model, "kind", "") or "")},
+    ident = {"origin": origin, "kind": str(getattr(model, "kind", "") or "")}
+    backbone = getattr(model, "backbone_origin", None)
+    if backbone:   # EVL from two files: another backbone is another model (absent otherwise: old files match)
+        ident["backbone"] = os.path.realpath(backbone) if os.path.exists(backbone) else str(backbone)
+    return {"model": ident,
             "labels_sha256": labels_sha256(labels), "topk": int(topk), "views": views,
             "window": window, "stride": stride}
 
