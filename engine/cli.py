@@ -312,9 +312,12 @@ def infer_cmd(ctx, inputs, model_src, arch, backbone, labels_text, labels_file, 
 @main.command("serve")
 @click.option("--model", "-m", "model_src", default=None,
               help="Anything --model of infer takes. Default: the bundled demonstration model.")
+@click.option("--backbone", default=None, metavar="CLIP",
+              help="EVL: the CLIP backbone of an official EVL .pth, as for infer. Other models hold their own.")
 @click.option("--labels", "labels_text", default=None, help='Default label set: "cooking, dancing" (a request\'s '
-              "labels field overrides it). Default: the model's own labels.")
-@click.option("--labels-file", default=None, help="Default label set from a file or a bundled set (k400, ...).")
+              "labels field overrides it). Default: the model's own labels. Not for EVL (closed-set: its own classes).")
+@click.option("--labels-file", default=None, help="Default label set from a file or a bundled set (k400, ...); "
+              "EVL: its class names, one per class.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(min=1),
@@ -333,8 +336,8 @@ def infer_cmd(ctx, inputs, model_src, arch, backbone, labels_text, labels_file, 
               help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a private Ray.")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1),
               help="CPUs the private Ray may schedule (default: this machine's).")
-def serve_cmd(model_src, labels_text, labels_file, host, port, replicas, max_batch, batch_wait_ms, max_upload_mb,
-              max_queue, decode_timeout, ray_address, num_cpus):
+def serve_cmd(model_src, backbone, labels_text, labels_file, host, port, replicas, max_batch, batch_wait_ms,
+              max_upload_mb, max_queue, decode_timeout, ray_address, num_cpus):
     """Serve the model over HTTP (Ray Serve, FastAPI): POST /v1/classify, /v1/embed; GET /healthz,
     /v1/models, /docs. Blocks until Ctrl-C / SIGTERM, then drains in-flight requests.
     XCLIP_ENGINE_API_KEY set: every request but /healthz needs `Authorization: Bearer <key>`."""
@@ -343,12 +346,16 @@ def serve_cmd(model_src, labels_text, labels_file, host, port, replicas, max_bat
     missing = missing_modules()
     if missing:
         _usage_error(f"`serve` needs {', '.join(missing)}, which is not installed: `{SERVE_INSTALL}`")
+    if backbone is not None and model_src is None:
+        _usage_error("--backbone goes with an official EVL .pth (--model FILE.pth); the bundled model holds its own")
     labels = _labels_from_options(labels_text, labels_file)
+    labels_from = "--labels" if labels_text is not None else "--labels-file" if labels_file is not None else None
     from .serve.server import run_server
 
     sys.exit(run_server(model_src, labels, host=host, port=port, replicas=replicas, max_batch=max_batch,
                         batch_wait_ms=batch_wait_ms, max_upload_mb=max_upload_mb, ray_address=ray_address,
-                        max_queue=max_queue, decode_timeout_s=decode_timeout, num_cpus=num_cpus))
+                        max_queue=max_queue, decode_timeout_s=decode_timeout, num_cpus=num_cpus, backbone=backbone,
+                        labels_from=labels_from))
 
 
 def _register_commands():

@@ -1,4 +1,4 @@
-"""`xclip-engine serve`: X-CLIP over HTTP, a FastAPI app on a Ray Serve deployment with dynamic batching.
+"""`xclip-engine serve`: X-CLIP (and EVL) over HTTP, a FastAPI app on a Ray Serve deployment with dynamic batching.
 
     app.py         the FastAPI app: endpoints, validation, guard rails (no Ray: testable in-process)
     deployment.py  the Ray Serve deployment: one model per replica, @serve.batch across clients

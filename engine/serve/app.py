@@ -5,6 +5,10 @@ The engine (engine/serve/deployment.py in a Ray Serve replica, or a test's stand
 `settings` (Settings), `ready` (bool), `load_error` (str or None), `info()` (dict for /v1/models),
 `num_frames`, `image_size`, `decode_pool` (an Executor), and the coroutines `classify(clip, labels,
 topk)` -> [(label, score)] and `embed(clip)` -> [float], which it batches across requests.
+Optional (the defaults are X-CLIP's): `read_args` (read_clip's arguments beyond path, views and
+decoder: the model's own, engine.decode_ahead.model_read_args), `default_views` ("1x1"; EVL "3x1"),
+`closed_set` (False; True: the model scores its own classes, `default_labels`, and a request's
+labels field is refused) and `family`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ API_KEY_ENV = "XCLIP_ENGINE_API_KEY"
 @dataclass
 class Settings:
     labels: list[str] | None = None      # the server's default label set (else the model's own)
+    labels_from: str | None = None       # the option that gave `labels` ("--labels", "--labels-file"): for errors
     max_upload_mb: float = 64.0
     decode_timeout_s: float = 30.0
     max_queue: int = 64                  # requests admitted at once per replica; more get 503
@@ -43,9 +48,10 @@ class Settings:
 class ApiError(Exception):
     """A request the server refuses: answered as {"error": message} with `status`."""
 
-    def __init__(self, status: int, message: str, headers: dict | None = None):
+    def __init__(self, status: int, message: str, headers: dict | None = None, extra: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
+        self.extra = extra or {}   # more fields of the JSON answer beside "error"
 
 
 class Admission:
@@ -118,10 +124,19 @@ def parse_topk(text: str | None) -> int:
     return k
 
 
-def parse_views_field(text: str | None) -> str:
+def closed_set_labels_error(family: str, classes: list[str]) -> ApiError:
+    """A closed-set model (EVL) asked to score a request's labels: 422, saying what it classifies."""
+    shown = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)" if len(classes) > 10 else "")
+    return ApiError(422, f"this {family.upper()} model is a closed-set classifier of {len(classes)} classes: it "
+                         f"scores its own classes ({shown}; GET /v1/models lists them all), not free-text labels; "
+                         "leave the labels field out",
+                    extra={"closed_set": True, "num_classes": len(classes)})
+
+
+def parse_views_field(text: str | None, default: str = "1x1") -> str:
     from ..video.transforms import parse_views
 
-    views = text or "1x1"
+    views = text or default
     try:
         clips, _ = parse_views(views)
     except ValueError as e:
@@ -131,9 +146,10 @@ def parse_views_field(text: str | None) -> str:
     return views
 
 
-def decode_upload(data: bytes, num_frames: int, size: int, views: str):
+def decode_upload(data: bytes, read_args: dict, views: str):
     """Uploaded bytes -> clip [V, T, 3, S, S]: written to a private temporary file (read_clip reads
-    paths), which is removed whatever happens. Runs on a decode thread, never the model's."""
+    paths), which is removed whatever happens. Runs on a decode thread, never the model's.
+    `read_args`: read_clip's num_frames and size, and an EVL model's preprocessing."""
     from ..video import decoders
     from ..video.errors import VideoError
 
@@ -142,7 +158,7 @@ def decode_upload(data: bytes, num_frames: int, size: int, views: str):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         try:
-            return decoders.read_clip(path, num_frames=num_frames, size=size, views=views, decoder="auto")
+            return decoders.read_clip(path, **read_args, views=views, decoder="auto")
         except VideoError as e:   # the server's temporary path means nothing to the client
             why = (e.message or str(e)).replace(path, "the upload")
             raise ApiError(422, f"the upload is not a usable video: {why}") from None
@@ -199,7 +215,7 @@ def _field(form, name: str) -> str | None:
 
 def create_app(get_engine) -> FastAPI:
     """The FastAPI app; `get_engine()` returns the engine of this process (None until it exists)."""
-    app = FastAPI(title="xclip-engine", description="X-CLIP video classification and embeddings over HTTP")
+    app = FastAPI(title="xclip-engine", description="X-CLIP and EVL video classification and embeddings over HTTP")
 
     def engine_or_503():
         engine = get_engine()
@@ -211,7 +227,7 @@ def create_app(get_engine) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse({"error": exc.message, **exc.extra}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
@@ -250,11 +266,14 @@ def create_app(get_engine) -> FastAPI:
         finally:
             engine.admission.leave()
 
+    def views_of(engine, form) -> str:
+        return parse_views_field(_field(form, "views"), getattr(engine, "default_views", None) or "1x1")
+
     async def decoded(engine, form, views: str):
         data = await _upload_bytes(form, int(engine.settings.max_upload_mb * 2**20))
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(engine.decode_pool, decode_upload, data, engine.num_frames, engine.image_size,
-                                   views)
+        read_args = getattr(engine, "read_args", None) or dict(num_frames=engine.num_frames, size=engine.image_size)
+        job = loop.run_in_executor(engine.decode_pool, decode_upload, data, read_args, views)
         try:
             return await asyncio.wait_for(job, engine.settings.decode_timeout_s)
         except asyncio.TimeoutError:
@@ -265,8 +284,14 @@ def create_app(get_engine) -> FastAPI:
         t0 = time.perf_counter()
         form = await read_form(request, engine.settings)
         try:
-            labels = parse_request_labels(_field(form, "labels"), engine.settings.labels or engine.default_labels)
-            topk, views = parse_topk(_field(form, "topk")), parse_views_field(_field(form, "views"))
+            asked = _field(form, "labels")
+            if getattr(engine, "closed_set", False):   # EVL: its own classes, named by the model (or --labels-file)
+                if asked is not None and asked.strip():
+                    raise closed_set_labels_error(getattr(engine, "family", "evl"), list(engine.default_labels))
+                labels = tuple(engine.default_labels)
+            else:
+                labels = parse_request_labels(asked, engine.settings.labels or engine.default_labels)
+            topk, views = parse_topk(_field(form, "topk")), views_of(engine, form)
             clip = await decoded(engine, form, views)
             top = await engine.classify(clip, labels, min(topk, len(labels)))
         finally:
@@ -277,7 +302,7 @@ def create_app(get_engine) -> FastAPI:
         t0 = time.perf_counter()
         form = await read_form(request, engine.settings)
         try:
-            clip = await decoded(engine, form, parse_views_field(_field(form, "views")))
+            clip = await decoded(engine, form, views_of(engine, form))
             vector = await engine.embed(clip)
         finally:
             await form.close()
@@ -285,12 +310,14 @@ def create_app(get_engine) -> FastAPI:
 
     @app.post("/v1/classify")
     async def classify(request: Request):
-        """multipart: file (the video), labels ("a, b, c"), topk (default 5), views (1x1 or 4x3)."""
+        """multipart: file (the video), labels ("a, b, c"; not for a closed-set model such as EVL, which
+        scores its own classes), topk (default 5), views (NxM: 1x1, 4x3, 3x1; default the model's own)."""
         return await admitted(request, classify_work)
 
     @app.post("/v1/embed")
     async def embed(request: Request):
-        """multipart: file (the video), views (1x1 or 4x3) -> the video embedding (views averaged)."""
+        """multipart: file (the video), views (default the model's own) -> the video embedding (views
+        averaged; EVL: its query token's features, before the head)."""
         return await admitted(request, embed_work)
 
     return app

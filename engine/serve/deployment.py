@@ -1,6 +1,7 @@
 """The Ray Serve deployment behind `xclip-engine serve`: each replica loads the model once (backend
 auto) on its model thread, serves the FastAPI app of engine/serve/app.py, decodes uploads on a
 thread pool, and scores the decoded clips of concurrent requests together with @serve.batch.
+X-CLIP scores each request's labels; a closed-set model (EVL) scores its own classes, no text.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ app = create_app(current_engine)   # the routes look up this replica's engine pe
 @serve.ingress(app)
 class XclipDeployment:
     def __init__(self, model_src: str | None, settings: Settings, max_batch: int = 8, batch_wait_s: float = 0.01,
-                 decode_workers: int | None = None):
+                 decode_workers: int | None = None, backbone: str | None = None):
         self.settings = settings
         self.admission = Admission(settings.max_queue)
         self.model, self.load_error, self.default_labels = None, None, None
-        self._model_src = model_src
+        self.read_args, self.default_views, self.usage_error = None, "1x1", False
+        self._model_src, self._backbone = model_src, backbone
         self._classify_batch.set_max_batch_size(max_batch)
         self._classify_batch.set_batch_wait_timeout_s(batch_wait_s)
         self._embed_batch.set_max_batch_size(max_batch)
@@ -39,19 +41,55 @@ class XclipDeployment:
         self._model_pool.submit(self._load)   # /healthz answers 503 until this is done
 
     def _load(self):
+        from ..checkpoint import CheckpointError
+        from ..io.labels import ClosedSetError
+
         try:
             from ..api import load
+            from ..decode_ahead import model_read_args, model_views
 
-            self.model = load(self._model_src, backend="auto")
-            self.default_labels = list(self.model.labels) if self.model.labels else None
-            print(f"xclip-engine serve: replica ready, backend {self.model.backend_note}", flush=True)
+            model = load(self._model_src, backend="auto", backbone=self._backbone)
+            self.default_labels = self._labels_of(model)
+            self.read_args, self.default_views = model_read_args(model), model_views(model, None)
+            self.model = model   # last: ready from here on
+            print(f"xclip-engine serve: replica ready, backend {model.backend_note}", flush=True)
+        except CheckpointError as e:   # the user's to fix (e.g. --backbone with an X-CLIP model): no traceback
+            self.load_error = f"cannot load the model {self._model_src or '(bundled default)'}: {e}"
+            self.usage_error = True
+        except ClosedSetError as e:    # --labels / a wrong --labels-file for an EVL model: the message says how
+            self.load_error, self.usage_error = str(e), True
         except Exception as e:   # reported by /healthz and by status() to the starting command
             self.load_error = f"{type(e).__name__}: {e}"
             traceback.print_exc()
 
+    def _labels_of(self, model) -> list[str] | None:
+        """The default label set: X-CLIP's model's own (--labels overrides it per server, a request's
+        labels field per request); a closed-set model's class names (renamed by --labels-file only)."""
+        from ..io.labels import ClosedSetError
+
+        if not model.closed_set:
+            return list(model.labels) if model.labels else None
+        from ..decode_ahead import model_labels
+
+        n = model.num_classes
+        if self.settings.labels is not None and self.settings.labels_from == "--labels":
+            raise ClosedSetError(
+                f"--labels: this {model.family.upper()} model is a closed-set classifier of {n} classes; it cannot "
+                "score free-text labels. Its classes are named by the model itself (leave --labels out), or rename "
+                f"them with --labels-file FILE of {n} names (k400 for a Kinetics-400 model)")
+        return model_labels(model, self.settings.labels)   # the names checked: one per class
+
     @property
     def ready(self) -> bool:
         return self.model is not None
+
+    @property
+    def closed_set(self) -> bool:
+        return bool(self.model is not None and self.model.closed_set)
+
+    @property
+    def family(self) -> str:
+        return self.model.family if self.model is not None else "xclip"
 
     @property
     def num_frames(self) -> int:
@@ -63,16 +101,24 @@ class XclipDeployment:
 
     def status(self) -> dict:
         """For the starting command (through a deployment handle): loaded yet, or why not."""
-        return {"ready": self.ready, "error": self.load_error}
+        return {"ready": self.ready, "error": self.load_error, "usage_error": self.usage_error}
 
     def info(self) -> dict:
         m = self.model
         name = os.path.basename(os.path.normpath(m.origin)) if m.origin else "model"
-        labels = self.settings.labels or self.default_labels or []
+        labels = (self.default_labels if m.closed_set else self.settings.labels or self.default_labels) or []
         precision = getattr(m.choice, "precision", None) or "fp32"
-        return {"name": name, "origin": m.origin, "kind": m.kind, "backend": f"{m.backend} {precision}",
-                "backend_note": m.backend_note, "num_frames": m.num_frames, "image_size": m.image_size,
-                "embed_dim": m.config.embed_dim, "default_labels": len(labels)}
+        # the width of /v1/embed's vectors: X-CLIP's embedding; EVL's query token (the backbone's width)
+        dim = m.config.width if m.closed_set else m.config.embed_dim
+        info = {"name": name, "origin": m.origin, "kind": m.kind, "family": m.family, "closed_set": m.closed_set,
+                "backend": f"{m.backend} {precision}", "backend_note": m.backend_note, "num_frames": m.num_frames,
+                "image_size": m.image_size, "default_views": self.default_views, "embed_dim": dim,
+                "default_labels": len(labels)}
+        if m.closed_set:   # what it classifies: a request cannot send labels, so it can read them here
+            info.update(num_classes=m.num_classes, classes=list(labels))
+            if m.backbone_origin:
+                info["backbone"] = m.backbone_origin
+        return info
 
     async def classify(self, clip: np.ndarray, labels: tuple, topk: int):
         return _raise_if_error(await self._classify_batch((clip, labels, topk)))
@@ -89,7 +135,8 @@ class XclipDeployment:
         return await asyncio.get_running_loop().run_in_executor(self._model_pool, self._embed_now, clips)
 
     def _classify_now(self, items: list) -> list:
-        """One model call per label set in the batch (all views of all its videos together)."""
+        """One model call per label set in the batch (all views of all its videos together); a
+        closed-set model: one call, no text (its labels are its class names, one set)."""
         import torch
 
         from ..video.transforms import average_views
@@ -102,8 +149,12 @@ class XclipDeployment:
             try:
                 clips = [items[i][0] for i in idx]
                 with torch.inference_mode():
-                    text = self.model.encode_text(list(labels))   # cached per label set by the model
-                    p = self.model.logits(np.concatenate(clips), text).float().softmax(dim=-1)
+                    if self.model.closed_set:
+                        p = self.model.logits(np.concatenate(clips))
+                    else:
+                        text = self.model.encode_text(list(labels))   # cached per label set by the model
+                        p = self.model.logits(np.concatenate(clips), text)
+                    p = p.float().softmax(dim=-1)
                     probs = average_views(p, [len(c) for c in clips]).cpu()
                 for row, i in zip(probs, idx):
                     score, top = row.topk(items[i][2])

@@ -33,8 +33,11 @@ def _say(msg: str) -> None:
 def run_server(model_src: str | None, labels: list[str] | None, host: str = "127.0.0.1", port: int = 8000,
                replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 10.0, max_upload_mb: float = 64.0,
                ray_address: str | None = None, max_queue: int = 64, decode_timeout_s: float = 30.0,
-               num_cpus: int | None = None, ready_timeout_s: float = 600.0) -> int:
-    """Serve until stopped; the exit status (0 stopped cleanly, 1 failed to start, 2 usage)."""
+               num_cpus: int | None = None, ready_timeout_s: float = 600.0, backbone: str | None = None,
+               labels_from: str | None = None) -> int:
+    """Serve until stopped; the exit status (0 stopped cleanly, 1 failed to start, 2 usage).
+    `backbone`: an official EVL .pth's CLIP backbone (xe.load's backbone=); `labels_from`: the option
+    that gave `labels` ("--labels" or "--labels-file"; a closed-set model takes class names from a file only)."""
     if ray_address is None and not port_free(host, port):
         _say(f"cannot listen on {host}:{port}: the address is in use (pick another --port)")
         return 2
@@ -53,8 +56,9 @@ def run_server(model_src: str | None, labels: list[str] | None, host: str = "127
 
     from .deployment import XclipDeployment
 
-    settings = Settings(labels=labels, max_upload_mb=max_upload_mb, decode_timeout_s=decode_timeout_s,
-                        max_queue=max_queue, api_key=os.environ.get(API_KEY_ENV) or None)
+    settings = Settings(labels=labels, labels_from=labels_from, max_upload_mb=max_upload_mb,
+                        decode_timeout_s=decode_timeout_s, max_queue=max_queue,
+                        api_key=os.environ.get(API_KEY_ENV) or None)
     cpus = num_cpus if num_cpus is not None else max(os.cpu_count() or 1, replicas)
     if ray_address:
         ray.init(address=ray_address, logging_level=logging.WARNING)
@@ -68,13 +72,14 @@ def run_server(model_src: str | None, labels: list[str] | None, host: str = "127
             # app's 503 with Retry-After; Serve's queue only catches what the proxy holds back.
             max_ongoing_requests=max_queue + 8, max_queued_requests=max(16, 2 * max_queue * replicas),
             ray_actor_options={"num_cpus": 1 if ray_address else min(1, cpus / replicas)})
-        handle = serve.run(deployment.bind(model_src, settings, max_batch, batch_wait_ms / 1000.0),
+        app = deployment.bind(model_src, settings, max_batch, batch_wait_ms / 1000.0, backbone=backbone)
+        handle = serve.run(app,
                            name=APP_NAME, route_prefix="/", blocking=False)
         deadline = time.monotonic() + ready_timeout_s
         while not stop.is_set():
             status = handle.status.remote().result()
             if status["error"]:
-                _say(f"the model failed to load: {status['error']}")
+                _say(status["error"] if status.get("usage_error") else f"the model failed to load: {status['error']}")
                 return 2
             if status["ready"]:
                 break
