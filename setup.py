@@ -16,6 +16,7 @@ SUBPACKAGES = {
     "xclip_engine.engine.video": "engine/video",
     "xclip_engine.engine.io": "engine/io",
     "xclip_engine.engine.serve": "engine/serve",
+    "xclip_engine.engine.cluster": "engine/cluster",
     "xclip_engine.kernels": "kernels",
     "xclip_engine.export": "export",
     "xclip_engine.train": "train",
@@ -63,7 +64,12 @@ setup(
                 'nvidia-dali-cuda120>=2.4; platform_system == "Linux" and platform_machine == "x86_64"',
                 "matplotlib>=3.7", "hypothesis>=6",
                 # the serve extra, so CI runs the HTTP server's tests; httpx for FastAPI's TestClient
-                "ray[serve]>=2.40", "fastapi>=0.110", "python-multipart>=0.0.9", "uvicorn>=0.20", "httpx>=0.24"],
+                "ray[serve]>=2.40", "fastapi>=0.110", "python-multipart>=0.0.9", "uvicorn>=0.20", "httpx>=0.24",
+                # the ray extra (pyarrow, pandas), so CI runs the Ray Data tests (tests/cluster)
+                "ray[data]>=2.60"],
+        # `xclip-engine infer --ray ADDRESS`: batch inference on Ray Data, from one machine to a cluster
+        # (2.60: the version tested; its token authentication and Data API are what engine/cluster uses)
+        "ray": ["ray[data]>=2.60"],
         # `xclip-engine serve`: an HTTP service with dynamic batching on Ray Serve
         "serve": ["ray[serve]>=2.40", "fastapi>=0.110", "python-multipart>=0.0.9", "uvicorn>=0.20"],
         # GPU machines: onnxruntime-gpu INSTEAD of onnxruntime (both install the module `onnxruntime`:

@@ -270,15 +270,17 @@ class Inference(Generator):
         a = self._args
         if self.ray is not None:
             from .cluster.ray_data import ray_rows
+            from .decode_ahead import model_read_args, model_views
 
+            # the plain run's read_clip arguments; decoding runs on the CPU workers (PyAV, or DALI's CPU decoder)
+            read_args = dict(**model_read_args(self.model), views=model_views(self.model, a["views"]),
+                             decoder=a["decoder"], device="cpu")
             folder = self._folder is not None
             yield from ray_rows(self.todo, self._errors, address=self.ray, source=self._source, backend=self._backend,
-                                precision=self._precision, labels=self.labels, topk=a["topk"], views=a["views"],
+                                precision=self._precision, labels=self.labels, topk=a["topk"], read_args=read_args,
                                 window=self.window, stride=self.stride, batch_size=a["batch_size"],
                                 workers=a["workers"], decoder=a["decoder"], actors=self._ray_actors,
-                                num_frames=self.model.num_frames, image_size=self.model.image_size,
-                                folder=self._parts if folder else None, fmt=self._fmt, ordered=not folder,
-                                timings=self.timings)
+                                folder=self._parts if folder else None, fmt=self._fmt, ordered=not folder)
             return
         if self.window is not None:
             from .api import ClosedSetScoring
