@@ -194,8 +194,6 @@ def infer_cmd(ctx, inputs, model_src, arch, backbone, labels_text, labels_file, 
             _usage_error(f"--ray runs on Ray Data, which is not installed: `{RAY_INSTALL}`")
         if arch is not None or device is not None:
             _usage_error("--ray: each actor loads --model itself on the device Ray gives it: drop --arch/--device")
-        if backbone is not None:
-            _usage_error("--ray runs X-CLIP models only so far: run this EVL model (--backbone) without --ray")
         try:
             parse_actors(ray_actors)
         except ValueError as e:
@@ -271,7 +269,8 @@ def infer_cmd(ctx, inputs, model_src, arch, backbone, labels_text, labels_file, 
         ray_args = {}
     else:   # each Ray actor loads the model from its source (the driver reads only its labels and shapes)
         model = model_src
-        ray_args = dict(ray=ray_address, ray_actors=ray_actors, backend=backend, precision=precision)
+        ray_args = dict(ray=ray_address, ray_actors=ray_actors, backend=backend, precision=precision,
+                        backbone=backbone)
         click.echo(f"ray: {ray_address}; each model actor loads the model with backend {backend}", err=True)
 
     try:

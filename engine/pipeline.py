@@ -25,7 +25,7 @@ def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str | None =
           stride: float | None = None, output=None, fmt: str = "jsonl", resume: bool = False,
           overwrite: bool = False, shard=None, batch_size: int = 8, workers: int = 2, decoder: str = "auto",
           backend: str = "auto", precision: str | None = None, device=None, glob=None,
-          plot: str | None = None, ray: str | None = None, ray_actors=None) -> Inference:
+          plot: str | None = None, ray: str | None = None, ray_actors=None, backbone: str | None = None) -> Inference:
     """Classify videos (files, or folders searched recursively) and yield one result dict each.
 
     model: a loaded `Model`, or anything `xe.load` takes (None: the bundled demonstration model),
@@ -77,7 +77,7 @@ def infer(inputs, model=None, labels=None, *, topk: int = 5, views: str | None =
     return Inference(inputs, model, labels, topk=topk, views=views, window=window, stride=stride, output=output,
                      fmt=fmt, resume=resume, overwrite=overwrite, shard=shard, batch_size=batch_size,
                      workers=workers, decoder=decoder, backend=backend, precision=precision, device=device,
-                     glob=glob, plot=plot, ray=ray, ray_actors=ray_actors)
+                     glob=glob, plot=plot, ray=ray, ray_actors=ray_actors, backbone=backbone)
 
 
 def _shard(shard) -> tuple[int, int]:
@@ -118,13 +118,13 @@ class Inference(Generator):
 
     def __init__(self, inputs, model, labels, *, topk, views, window, stride, output, fmt, resume, overwrite,
                  shard, batch_size, workers, decoder, backend, precision, device, glob, plot, ray=None,
-                 ray_actors=None):
+                 ray_actors=None, backbone=None):
         from .decode_ahead import check_decode_args
         from .io.inputs import discover_inputs
         from .io.output import OutputFile, check_not_an_input
 
         fmt = "jsonl" if fmt == "json" else fmt   # one format, two names
-        self.ray, self._folder = ray, None
+        self.ray, self._folder, self._backbone = ray, None, backbone
         if ray is not None:
             from .cluster import check_installed, parse_actors
             from .cluster.folder_output import is_folder_output
@@ -191,13 +191,12 @@ class Inference(Generator):
         if self.ray is not None:
             # the driver's copy only tells the labels, the run's identity and the clip shape; each
             # actor loads its own from the source, with `backend`
-            self._source = _ray_source(model, device)
+            self._source = _ray_source(model, device, self._backbone)
             self._backend, self._precision = backend, precision
-            self.model = _load(self._source, _driver_backend(self._source, backend), precision, "cpu")
-            if getattr(self.model, "closed_set", False):   # the actors score labels X-CLIP's way (stages.py)
-                raise ValueError("ray runs X-CLIP models only so far; run this EVL model without ray")
+            self.model = _load(self._source["source"], _driver_backend(self._source["source"], backend), precision,
+                               "cpu", self._source["backbone"])
         else:
-            self.model = _load(model, backend, precision, device)
+            self.model = _load(model, backend, precision, device, self._backbone)
         self.labels = model_labels(self.model, labels)
         # None: the model's own views (EVL "3x1"); a timeline reads one view per window
         views = "1x1" if self.window is not None else model_views(self.model, run_args["views"])
@@ -304,20 +303,20 @@ class Inference(Generator):
             decoded.close()
 
 
-def _ray_source(model, device):
-    """What each Ray actor loads: the source given (None: the bundled model), or a Model's origin."""
+def _ray_source(model, device, backbone=None) -> dict:
+    """What each Ray actor loads: {"source", "backbone"}: the source given (None: the bundled model)
+    and an EVL backbone, or a Model's origin and backbone origin."""
     from .api import Model
 
     if device is not None:
         raise ValueError("device: each Ray actor takes the GPU Ray gives it (else its CPU); leave device out")
     if isinstance(model, Model):
-        if getattr(model, "closed_set", False):   # the actors score labels X-CLIP's way (cluster/stages.py)
-            raise ValueError("ray runs X-CLIP models only so far; run this EVL model without ray")
         if not model.origin:
             raise ValueError("with ray each actor loads the model from its source: this Model has none (a random "
                              "one?); pass a path or registry name")
-        return model.origin
-    return None if model is None else os.fspath(model)
+        return {"source": model.origin, "backbone": getattr(model, "backbone_origin", None)}
+    return {"source": None if model is None else os.fspath(model),
+            "backbone": None if backbone is None else os.fspath(backbone)}
 
 
 def _driver_backend(source, backend):
@@ -328,12 +327,12 @@ def _driver_backend(source, backend):
     return backend if source is not None and is_export_folder(source) else "reference"
 
 
-def _load(model, backend, precision, device):
+def _load(model, backend, precision, device, backbone=None):
     from .api import Model, load
 
     if isinstance(model, Model):
-        if backend != "auto" or precision is not None or device is not None:
-            raise ValueError("backend, precision and device choose how xe.load loads a model; this one is loaded "
-                             "already: pass its source instead, or leave them out")
+        if backend != "auto" or precision is not None or device is not None or backbone is not None:
+            raise ValueError("backend, precision, device and backbone choose how xe.load loads a model; this one is "
+                             "loaded already: pass its source instead, or leave them out")
         return model
-    return load(model, backend=backend, device=device, precision=precision)
+    return load(model, backend=backend, device=device, precision=precision, backbone=backbone)

@@ -70,7 +70,8 @@ class _Actor:
         from ..api import load
 
         t0 = time.perf_counter()
-        self.model = load(source, backend=backend, precision=precision)
+        # source: {"source", "backbone"} (engine/pipeline.py _ray_source); backbone: an EVL .pth's CLIP
+        self.model = load(source["source"], backend=backend, precision=precision, backbone=source["backbone"])
         self.labels = list(labels)
         self._trace = None
         if trace:
@@ -94,7 +95,8 @@ class ScoreActor(_Actor):
         from ..decode_ahead import _Scorer
 
         self.clock = {"decode_s": 0.0, "wait_s": 0.0, "model_s": 0.0, "videos": 0}
-        text = self.model.encode_text(self.labels)   # once per actor
+        # once per actor; a closed-set model (EVL) has no text: its labels name its classes
+        text = None if getattr(self.model, "closed_set", False) else self.model.encode_text(self.labels)
         self.score = _Scorer(self.model, text, self.labels, min(topk, len(self.labels)), self.clock)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -124,8 +126,11 @@ class TimelineActor(_Actor):
         enter(self.cwd)
         paths = batch.column("path").to_pylist()
         a = self.args
-        rows = list(timeline_rows(self.model, paths, {}, self.labels, a["window"], a["stride"], a["topk"],
-                                  a["decoder"]))
+        from ..api import ClosedSetScoring
+
+        # timelines score labels X-CLIP's way; a closed-set model is seen through that (as the plain run)
+        scorer = ClosedSetScoring(self.model) if getattr(self.model, "closed_set", False) else self.model
+        rows = list(timeline_rows(scorer, paths, {}, self.labels, a["window"], a["stride"], a["topk"], a["decoder"]))
         self.trace(event="batch", videos=len(rows), rows=len(rows), paths=paths)
         return pa.table({"i": batch.column("i").to_pylist(), "path": paths,
                          "row": [json.dumps(r, ensure_ascii=False) for r in rows]}, schema=ANSWERED)

@@ -109,3 +109,23 @@ def test_resume_a_folder_output(local_ray, clip_dir, plain, tmp_path):
     rows = list(xe.infer([clip_dir], topk=TOPK, output=str(folder), ray="local", backend=REF, overwrite=True))
     assert by_path(rows) == by_path(plain_rows) == by_path(read_rows(str(folder)))
     assert not os.path.exists(folder / ".incoming") and not os.path.exists(folder / ".lock")
+
+
+def test_an_evl_model_on_ray_gives_the_plain_rows(local_ray, clip_dir, tmp_path):
+    # EVL from the two files a user has (the official .pth and a CLIP backbone): each actor loads
+    # both, reads with EVL's own preprocessing and views, and scores the model's classes, no text
+    import torch
+    from evl.factory import random_official, write_official_pth
+
+    names = ["abseiling", "archery", "bowling", "cooking", "dancing"]
+    visual, decoder = random_official(width=64, layers=2, patch=8, grid=4, frames=4, decoder_layers=2, classes=5)
+    write_official_pth(tmp_path / "evl.pth", decoder)
+    torch.save(visual, tmp_path / "clip.pt")
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    args = dict(topk=3, backend=REF, labels=xe.load_labels(str(tmp_path / "names.txt")))
+    plain = list(xe.infer([clip_dir], tmp_path / "evl.pth", backbone=tmp_path / "clip.pt", **args))
+    rows = list(xe.infer([clip_dir], str(tmp_path / "evl.pth"), backbone=str(tmp_path / "clip.pt"), ray="local",
+                         **args))
+    assert len(rows) == 13 and sum(r["error"] is not None for r in rows) == 2
+    assert_same_rows(rows, plain, exact=False)   # the actors' batches may differ from the plain run's
+    assert {t["label"] for r in rows if r["error"] is None for t in r["top"]} <= set(names)
