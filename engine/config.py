@@ -18,8 +18,46 @@ IMAGE_MEAN = (123.675, 116.28, 103.53)
 IMAGE_STD = (58.395, 57.12, 57.375)
 
 
+class ModelConfig:
+    """What every family's config shares (XCLIPConfig and EVLConfig are frozen dataclasses of it):
+    the patch grid, dict/JSON forms, and validated reading of our own field names."""
+
+    family = ""        # "xclip" | "evl": which model definition a config builds
+    family_name = ""   # as messages name it
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, d: dict, origin: str = "config"):
+        """A validated config from a dict of our field names; errors name `origin` and the field."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{origin}: the {cls.family_name} config is {type(d).__name__}, expected an object "
+                              "of fields")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown {cls.family_name} config fields {unknown}; known fields: "
+                              f"{sorted(known)}")
+        return cls(**d).validate(origin, {k: f"config.{k}" for k in known})
+
+
 @dataclass(frozen=True)
-class XCLIPConfig:
+class XCLIPConfig(ModelConfig):
     # vision tower (CCT)
     image_size: int = 224
     patch_size: int = 32
@@ -44,31 +82,7 @@ class XCLIPConfig:
     layer_norm_eps: float = 1e-5
 
     family = "xclip"   # a class attribute, not a field: which model definition a config builds
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid**2
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict, origin: str = "config") -> XCLIPConfig:
-        """A validated config from a dict of our field names; errors name `origin` and the field."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{origin}: the X-CLIP config is {type(d).__name__}, expected an object of fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{origin}: unknown X-CLIP config fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d).validate(origin, {k: f"config.{k}" for k in known})
+    family_name = "X-CLIP"
 
     def validate(self, origin: str = "config", names: dict[str, str] | None = None) -> XCLIPConfig:
         """Check types, ranges and the shape rules the model relies on, before anything is built.
@@ -120,8 +134,6 @@ class XCLIPConfig:
                 + (self.vocab_size + self.context_length) * t
                 + (self.mit_layers + self.prompt_layers) * 12 * e * e + self.num_frames * e + v * e + t * e)
 
-    def replace(self, **changes) -> XCLIPConfig:
-        return dataclasses.replace(self, **changes)
 
 
 class ConfigError(ValueError):
@@ -179,7 +191,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
-class EVLConfig:
+class EVLConfig(ModelConfig):
     """A frozen CLIP ViT backbone with EVL's decoder and a linear head (docs/model-evl.md §2, §11).
 
     The decoder is as wide as the backbone and reads its last `decoder_layers` blocks. The frame
@@ -201,31 +213,7 @@ class EVLConfig:
     layer_norm_eps: float = 1e-5
 
     family = "evl"   # a class attribute, not a field: which model definition a config builds
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid**2
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, d: dict, origin: str = "config") -> EVLConfig:
-        """A validated config from a dict of our field names; errors name `origin` and the field."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"{origin}: the EVL config is {type(d).__name__}, expected an object of fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"{origin}: unknown EVL config fields {unknown}; known fields: {sorted(known)}")
-        return cls(**d).validate(origin, {k: f"config.{k}" for k in known})
+    family_name = "EVL"
 
     def validate(self, origin: str = "config", names: dict[str, str] | None = None) -> EVLConfig:
         """Types, ranges and shape rules, before anything is built (as XCLIPConfig.validate)."""
@@ -261,8 +249,6 @@ class EVLConfig:
                               f"(at most {MAX_PARAMETERS / 1e9:.0f} billion are accepted); check the sizes")
         return self
 
-    def replace(self, **changes) -> EVLConfig:
-        return dataclasses.replace(self, **changes)
 
 
 _EVL_INT_RANGES = {

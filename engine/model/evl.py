@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..config import EVLConfig
-from .layers import MLP, ImageEmbedding, LayerNorm, ResidualBlock, merge_heads, split_heads
+from .layers import MLP, ImageEmbedding, LayerNorm, ResidualBlock, RoutedModel, merge_heads, split_heads
 from .ops import REFERENCE
 
 
@@ -103,7 +103,7 @@ class TemporalModules(nn.Module):
         return x + conv + self.pos.to(x.dtype)[None, :, None, :] + feat
 
 
-class EVL(nn.Module):
+class EVL(RoutedModel):
     def __init__(self, config: EVLConfig, ops=REFERENCE):
         super().__init__()
         self.config = config
@@ -120,14 +120,6 @@ class EVL(nn.Module):
         self.freeze_backbone = True
         self.reset_parameters()
         self.use_ops(ops)
-
-    def use_ops(self, ops):
-        """Route every module's arithmetic through `ops` (the backend switch)."""
-        for m in self.modules():
-            if hasattr(type(m), "ops"):
-                m.ops = ops
-        self.ops = ops
-        return self
 
     @torch.no_grad()
     def reset_parameters(self):

@@ -13,6 +13,18 @@ from torch import nn
 from .ops import REFERENCE
 
 
+class RoutedModel(nn.Module):
+    """A whole model (X-CLIP, EVL) whose arithmetic goes through one ops object: use_ops() sets it
+    on every module that calls ops, so a backend swaps the arithmetic without a second model."""
+
+    def use_ops(self, ops):
+        for m in self.modules():
+            if hasattr(type(m), "ops"):
+                m.ops = ops
+        self.ops = ops
+        return self
+
+
 class LayerNorm(nn.LayerNorm):
     ops = REFERENCE
 

@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import XCLIPConfig
-from .layers import LayerNorm, init_linear
+from .layers import LayerNorm, RoutedModel, init_linear
 from .ops import REFERENCE
 from .text import TextTower
 from .video_heads import MultiFrameIntegration, PromptGenerator
 from .vision import VisionTower
 
 
-class XCLIP(nn.Module):
+class XCLIP(RoutedModel):
     def __init__(self, config: XCLIPConfig, ops=REFERENCE):
         super().__init__()
         self.config = config
@@ -34,14 +34,6 @@ class XCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.reset_parameters()
         self.use_ops(ops)
-
-    def use_ops(self, ops):
-        """Route every module's arithmetic through `ops` (the backend switch)."""
-        for m in self.modules():
-            if hasattr(type(m), "ops"):
-                m.ops = ops
-        self.ops = ops
-        return self
 
     @torch.no_grad()
     def reset_parameters(self):
