@@ -16,15 +16,9 @@ RAY_INSTALL = "pip install 'xclip-engine[ray]'"
 
 def missing_modules() -> list[str]:
     """The packages `--ray` needs that are not installed (looked up without importing them)."""
-    import importlib.util
+    from ..runtime import module_found
 
-    def found(name):
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            return False
-
-    return [] if all(found(m) for m in ("ray", "ray.data", "pyarrow", "pandas")) else ["ray[data]"]
+    return [] if all(module_found(m) for m in ("ray", "ray.data", "pyarrow", "pandas")) else ["ray[data]"]
 
 
 def check_installed() -> None:

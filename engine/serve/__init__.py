@@ -13,14 +13,8 @@ SERVE_MODULES = ("ray", "fastapi", "starlette", "python_multipart")
 
 def missing_modules() -> list[str]:
     """The packages `serve` needs that are not installed (looked up without importing them)."""
-    import importlib.util
+    from ..runtime import module_found
 
-    def found(name):
-        try:
-            return importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            return False
-
-    missing = [] if found("ray") and found("ray.serve") else ["ray[serve]"]
-    missing += [name.replace("_", "-") for name in SERVE_MODULES[1:] if not found(name)]
+    missing = [] if module_found("ray") and module_found("ray.serve") else ["ray[serve]"]
+    missing += [name.replace("_", "-") for name in SERVE_MODULES[1:] if not module_found(name)]
     return missing

@@ -332,15 +332,9 @@ def read_clip(path, num_frames: int | None = None, size: int | None = None, view
     come from the same scan (``stats.warning(path)`` says when a truncated file lost frames).
     """
     if preprocessing is not None:
-        from .preprocessing import parse_preprocessing
+        from .preprocessing import resolve
 
-        spec = parse_preprocessing(preprocessing)
-        for name, given, own in (("num_frames", num_frames, spec.num_frames), ("size", size, spec.crop)):
-            if given is not None and int(given) != own:
-                raise ValueError(f"{name} = {given} disagrees with the preprocessing's {own}; "
-                                 "leave it out or pass the model's own")
-        num_frames, size = spec.num_frames, spec.crop
-        views = views if views is not None else (spec.views or "1x1")
+        spec, num_frames, size, views = resolve(preprocessing, num_frames, size, views)
         if spec.family == "evl":
             if _check_decoder(decoder) == "dali":
                 raise DecoderUnavailableError("decoder 'dali' does not implement EVL's preprocessing (stride "

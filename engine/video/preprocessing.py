@@ -153,3 +153,14 @@ def parse_preprocessing(spec) -> Preprocessing:
 def is_evl(spec) -> bool:
     """True when ``spec`` (a dict or None) asks for EVL's preprocessing."""
     return spec is not None and parse_preprocessing(spec).family == "evl"
+
+
+def resolve(preprocessing, num_frames, size, views):
+    """(spec, num_frames, size, views) for a reader given a spec: `num_frames` and `size`, if given,
+    must be the spec's own; `views` None takes the spec's default (else "1x1")."""
+    spec = parse_preprocessing(preprocessing)
+    for name, given, own in (("num_frames", num_frames, spec.num_frames), ("size", size, spec.crop)):
+        if given is not None and int(given) != own:
+            raise ValueError(f"{name} = {given} disagrees with the preprocessing's {own}; "
+                             "leave it out or pass the model's own")
+    return spec, spec.num_frames, spec.crop, views if views is not None else (spec.views or "1x1")

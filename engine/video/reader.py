@@ -460,15 +460,9 @@ def read_video(path, num_frames: int | None = None, size: int | None = None, vie
     ``mean`` / ``std`` / ``seed`` are X-CLIP's arguments (the spec holds EVL's statistics).
     """
     if preprocessing is not None:
-        from .preprocessing import parse_preprocessing
+        from .preprocessing import resolve
 
-        spec = parse_preprocessing(preprocessing)
-        for name, given, own in (("num_frames", num_frames, spec.num_frames), ("size", size, spec.crop)):
-            if given is not None and int(given) != own:
-                raise ValueError(f"{name} = {given} disagrees with the preprocessing's {own}; "
-                                 "leave it out or pass the model's own")
-        num_frames, size = spec.num_frames, spec.crop
-        views = views if views is not None else (spec.views or "1x1")
+        spec, num_frames, size, views = resolve(preprocessing, num_frames, size, views)
         if spec.family == "evl":
             return _read_evl(path, spec, views, stats)
     num_frames = 8 if num_frames is None else num_frames
