@@ -1,6 +1,7 @@
 """`xclip-engine doctor`: what this machine has, which paths run a model here, and which one auto takes.
 
     report = diagnose(model_source, device=None, fresh=False)   # a dict (what --json prints)
+    report = diagnose("evl-b16-8f")                              # EVL too: its candidates run net(px)
     print(format_report(report))
 
 The path table is backend auto's own verdict (engine/runtime/choice.py): measured and verified on
@@ -64,8 +65,10 @@ def _kernel_status() -> dict | None:
     return kernel_status()
 
 
-def diagnose(source=None, device=None, fresh: bool = False, precision: str | None = None) -> dict:
-    """The machine, then auto's verdict for `source` (default: the bundled model) with every path."""
+def diagnose(source=None, device=None, fresh: bool = False, precision: str | None = None, backbone=None) -> dict:
+    """The machine, then auto's verdict for `source` (default: the bundled model; X-CLIP or EVL, a
+    registry name without released weights runs random-init) with every path. `backbone`: the CLIP
+    backbone file an official EVL checkpoint loads with."""
     from .api import default_model_path
     from .runtime.choice import PathResult, choose_for_checkpoint, is_export_folder
     from .runtime.export_choice import choose_for_export
@@ -75,20 +78,39 @@ def diagnose(source=None, device=None, fresh: bool = False, precision: str | Non
     if is_export_folder(source):
         choice = choose_for_export(source, device, precision, fresh=fresh)
         kind = "export folder"
+        family = _folder_family(source)
     else:
+        import warnings
+
         from .checkpoint import load_model
 
-        loaded = load_model(source)
+        kwargs = {"backbone": os.fspath(backbone)} if backbone is not None else {}
+        with warnings.catch_warnings():
+            # a registry name without released weights (the EVL names): timed with random weights, which
+            # is what the report is about (speed and agreement); the kind "random" says so
+            warnings.filterwarnings("ignore", message=".*random weights.*")
+            loaded = load_model(source, **kwargs)
         choice, _ = choose_for_checkpoint(loaded.model, device, precision, fresh=fresh)
         kind = loaded.kind
+        family = loaded.model.config.family
         # the runtimes of an export folder also serve this model once it is exported
         for backend, precision_ in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("tensorrt", "fp16")):
             choice.paths.append(PathResult(backend, precision_, False,
                                            f"runs an export folder: xclip-engine export --model {source}"
                                            + (" --int8" if precision_ == "int8" else
                                               " --tensorrt" if backend == "tensorrt" else "")))
-    report.update(kind=kind, auto=choice.to_dict(), cached=choice.cached, kernels=_kernel_status())
+    report.update(kind=kind, family=family, auto=choice.to_dict(), cached=choice.cached, kernels=_kernel_status())
     return report
+
+
+def _folder_family(folder) -> str:
+    import json
+
+    try:
+        with open(os.path.join(os.fspath(folder), "manifest.json"), encoding="utf-8") as f:
+            return json.load(f).get("family", "xclip")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
 
 
 def format_report(report: dict) -> str:
@@ -109,7 +131,8 @@ def format_report(report: dict) -> str:
     if m.get("onnxruntime_providers"):
         lines.append(f"ONNX Runtime providers: {', '.join(m['onnxruntime_providers'])}")
     choice = Choice.from_dict(report["auto"])
-    lines += ["", f"model:    {report['model']} ({report['kind']})",
+    family = {"xclip": "X-CLIP", "evl": "EVL"}.get(report.get("family"), report.get("family") or "X-CLIP")
+    lines += ["", f"model:    {report['model']} ({family}, {report['kind']})",
               f"paths ({'cached verdict from ' + m['auto_cache'] if report['cached'] else 'measured now'}; "
               + ("error: logits against the folder's fp32 graphs, bound: what the export check allowed):"
                  if report["kind"] == "export folder" else

@@ -23,6 +23,8 @@ import torch
 
 from xclip_engine.engine.runtime.yardstick import MULTIPLE, Verdict, float64_copy, judge
 
+from .graphs import family_of
+
 __all__ = ["MULTIPLE", "Row", "check_precision", "check_engines", "format_table", "yardstick"]
 INT8_BOUND = 0.05   # int8 has no same-dtype reference: 5% of the logits' range, plus top-1
 
@@ -52,8 +54,9 @@ class Row:
 
 def sample_inputs(config, tokenizer, labels, batch: int = 2, seed: int = 0):
     """(ids [K, 77], pixels [B, T, 3, S, S]): the check's labels tokenized, and seeded normal pixels
-    (preprocessed pixels are roughly standard normal: the normalisation's mean/std)."""
-    ids = tokenizer(list(labels), context_length=config.context_length)
+    (preprocessed pixels are roughly standard normal: the normalisation's mean/std). ids is None
+    for EVL, which has no text tower."""
+    ids = None if family_of(config) == "evl" else tokenizer(list(labels), context_length=config.context_length)
     g = torch.Generator().manual_seed(seed)
     px = torch.randn(batch, config.num_frames, 3, config.image_size, config.image_size, generator=g)
     return ids, px
@@ -61,10 +64,14 @@ def sample_inputs(config, tokenizer, labels, batch: int = 2, seed: int = 0):
 
 @torch.inference_mode()
 def reference_outputs(model, ids, px, dtype: torch.dtype = torch.float32) -> dict:
-    """The reference model's text features, logits and video embeddings, computed in `dtype` (a
-    copy of the model is cast for float64 and float16; the model itself is left as it is)."""
+    """The reference model's text features, logits and video embeddings (EVL: logits and the query
+    features), computed in `dtype` (a copy of the model is cast for float64 and float16; the model
+    itself is left as it is)."""
     net = model if dtype == torch.float32 else (float64_copy(model) if dtype == torch.float64
                                                 else copy.deepcopy(model).to(dtype).eval())
+    if family_of(model.config) == "evl":
+        video = net.encode_video(px.to(dtype))
+        return {"logits": net.logits_from_features(video), "video": video}
     text = net.encode_text(ids)
     video, tokens = net.video_features(px.to(dtype))
     return {"text": text, "logits": net.logits_from_features(video, tokens, text), "video": video}
@@ -81,17 +88,26 @@ def yardstick(model, ids, px, precisions) -> dict:
 
 @torch.inference_mode()
 def runtime_outputs(net, ids, px) -> dict:
+    if family_of(net.config) == "evl":
+        logits, video = net.logits_and_features(px)      # one run of the video graph
+        return {"logits": logits, "video": video}
     text = net.encode_text(ids)
     return {"text": text, "logits": net(px, text), "video": net.encode_video(px)}
 
 
 def judge_outputs(out: dict, refs: dict, precision: str, prefix: str = "") -> dict[str, Verdict]:
-    """Verdicts for text, video and logits of one runtime against the yardstick."""
+    """Verdicts for text (X-CLIP), video and logits of one runtime against the yardstick."""
     same = refs.get(precision)
     bound = INT8_BOUND if same is None else None
     return {key: judge(f"{prefix}{key}", out[key], refs["fp64"][key], None if same is None else same[key],
                        precision, classes=key == "logits", bound=bound)
-            for key in ("text", "video", "logits")}
+            for key in ("text", "video", "logits") if key in refs["fp64"]}
+
+
+def _role_verdicts(v: dict, roles) -> list[tuple[str, list[Verdict]]]:
+    """(role, its verdicts) per graph: the text graph gives the text features, the video graph the
+    logits and the video embeddings."""
+    return [(role, [v["text"]] if role == "text" else [v["logits"], v["video"]]) for role in roles]
 
 
 def _fused_note(info: dict) -> str:
@@ -109,10 +125,10 @@ def check_precision(manifest, precision: str, refs: dict, ids, px) -> list[Row]:
     net = OrtNet(manifest, precision, "cpu")
     v = judge_outputs(runtime_outputs(net, ids, px), refs, precision)
     rows = []
-    for role, verdicts, info in (("text", [v["text"]], net.text.info),
-                                 ("video", [v["logits"], v["video"]], net.video.info)):
+    for role, verdicts in _role_verdicts(v, manifest.roles):
         path = manifest.path(role, precision)
-        rows.append(Row(os.path.basename(path), os.path.getsize(path), precision, verdicts, _fused_note(info)))
+        rows.append(Row(os.path.basename(path), os.path.getsize(path), precision, verdicts,
+                        _fused_note(getattr(net, role).info)))
     return rows
 
 
@@ -120,9 +136,10 @@ def check_engines(net, trt_info: dict, folder: str, refs: dict, ids, px) -> list
     """The TensorRT engines (fp16) on the check's inputs, judged like the fp16 graphs."""
     out = {k: t.float().cpu() for k, t in runtime_outputs(net, ids, px).items()}
     v = judge_outputs(out, refs, "fp16")
+    roles = [r for r in ("text", "video") if r in trt_info]
     return [Row(trt_info[role]["file"], os.path.getsize(os.path.join(folder, trt_info[role]["file"])),
                 "fp16 TensorRT", verdicts)
-            for role, verdicts in (("text", [v["text"]]), ("video", [v["logits"], v["video"]]))]
+            for role, verdicts in _role_verdicts(v, roles)]
 
 
 def format_table(rows: list[Row]) -> str:

@@ -19,11 +19,14 @@ def _usage_error(msg: str):
 
 @click.command("export")
 @click.option("--model", "-m", "model_src", default=None,
-              help="Model to export: registry name, transformers X-CLIP folder, official VideoX .pth, or a "
-                   "checkpoint of ours. Default: the bundled demonstration model.")
+              help="Model to export: registry name, transformers X-CLIP folder, official VideoX .pth, an EVL "
+                   "checkpoint (with --backbone for an official one), or a checkpoint of ours. Default: the bundled "
+                   "demonstration model.")
 @click.option("--out", "-o", default="xclip-export", show_default=True,
               help="Folder to write (new, empty, or an earlier export, which is replaced).")
 @click.option("--arch", default=None, help="Registry name whose architecture an official .pth has.")
+@click.option("--backbone", default=None, help="EVL: the CLIP backbone file an official EVL checkpoint loads with.")
+@click.option("--random-init", is_flag=True, help="A registry name with random weights (tests, timing).")
 @click.option("--fp16", is_flag=True, help="Also write mixed-precision fp16 graphs (for GPUs and TensorRT).")
 @click.option("--int8", is_flag=True, help="Also write dynamically quantized int8 graphs (for CPUs).")
 @click.option("--tensorrt", is_flag=True, help="Also build TensorRT engines from the fp16 graphs (needs a GPU).")
@@ -32,7 +35,7 @@ def _usage_error(msg: str):
 @click.option("--max-labels", default=400, show_default=True, type=click.IntRange(min=1),
               help="Most labels of the TensorRT profile (larger label sets are split).")
 @click.option("--no-check", is_flag=True, help="Skip running the graphs against the reference model.")
-def export_cmd(model_src, out, arch, fp16, int8, tensorrt, max_batch, max_labels, no_check):
+def export_cmd(model_src, out, arch, backbone, random_init, fp16, int8, tensorrt, max_batch, max_labels, no_check):
     """Export a model to ONNX (+ fp16, int8, TensorRT) for `--backend onnxruntime` / `tensorrt`."""
     from xclip_engine.engine.api import default_model_path
     from xclip_engine.engine.checkpoint import CheckpointError
@@ -45,8 +48,9 @@ def export_cmd(model_src, out, arch, fp16, int8, tensorrt, max_batch, max_labels
     except FileNotFoundError as e:
         _usage_error(str(e))
     try:
-        result = export_model(source, out, arch=arch, fp16=fp16, int8=int8, tensorrt=tensorrt, max_batch=max_batch,
-                              max_labels=max_labels, check=not no_check, echo=lambda m: click.echo(m, err=True))
+        result = export_model(source, out, arch=arch, backbone=backbone, random_init=random_init, fp16=fp16,
+                              int8=int8, tensorrt=tensorrt, max_batch=max_batch, max_labels=max_labels,
+                              check=not no_check, echo=lambda m: click.echo(m, err=True))
     except TensorRTUnavailable as e:
         click.echo(f"the ONNX folder {out} is written and serves --backend onnxruntime; TensorRT engines were not "
                    f"built: {e}", err=True)

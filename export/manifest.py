@@ -1,9 +1,12 @@
 """The manifest of an export folder: everything a runtime needs besides the graphs themselves.
 
-    DIR/manifest.json   this file's content (format, config, preprocessing, graphs, versions)
+    DIR/manifest.json   this file's content (format, family, config, preprocessing, graphs, versions)
     DIR/text.fp32.onnx  DIR/video.fp32.onnx   (+ .fp16 / .int8 variants, TensorRT .plan files)
     DIR/vocab.json DIR/merges.txt            the tokenizer vocabulary (ClipTokenizer.save_vocabulary)
     DIR/cache/                               ONNX Runtime's optimized graphs, made on first load
+
+An EVL export (family "evl", closed set) has the video graph only and no vocabulary; its labels are
+the class names, one per logit. A manifest without "family" is X-CLIP's (written before EVL).
 
 `read_manifest` refuses anything it cannot serve with a message that names the folder, the file
 and what to do: a missing or unreadable manifest, another format version, a graph file that is
@@ -37,8 +40,10 @@ import time
 from dataclasses import dataclass, field
 
 from xclip_engine.engine.checkpoint import CheckpointError
-from xclip_engine.engine.config import XCLIPConfig, xclip_preprocessing
+from xclip_engine.engine.config import EVLConfig, XCLIPConfig, config_from_dict, evl_preprocessing, xclip_preprocessing
 from xclip_engine.engine.io.atomic import atomic_write
+
+from .graphs import family_of, roles_of
 
 CACHE_DIR = "cache"           # the folder's derived files: ORT's optimized graphs, verified hashes
 HASHES = "hashes.json"        # in CACHE_DIR: name -> stat key + sha256, see verify_file
@@ -46,7 +51,7 @@ FORMAT = "xclip-engine-export"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
-ROLES = ("text", "video")
+ROLES = ("text", "video")      # X-CLIP's graphs; Manifest.roles has the ones of the folder's family
 
 
 class ExportFolderError(CheckpointError):
@@ -57,9 +62,9 @@ def _reexport_hint(folder: str) -> str:
     return f"re-export it: xclip-engine export --model SOURCE --out {folder}"
 
 
-def preprocessing(config: XCLIPConfig) -> dict:
-    """The test-time preprocessing the graphs expect, written out for other runtimes."""
-    return xclip_preprocessing(config)
+def preprocessing(config: XCLIPConfig | EVLConfig) -> dict:
+    """The test-time preprocessing the graphs expect (the family's own), written out for other runtimes."""
+    return evl_preprocessing(config) if family_of(config) == "evl" else xclip_preprocessing(config)
 
 
 def sha256_file(path: str) -> str:
@@ -159,7 +164,7 @@ def verify_file(folder: str, entry: dict, what: str) -> str:
 @dataclass
 class Manifest:
     folder: str
-    config: XCLIPConfig
+    config: XCLIPConfig | EVLConfig
     graphs: dict                                    # role -> precision -> file entry (+ "error")
     inputs: dict                                    # role -> input names, in order
     outputs: dict                                   # role -> output names, in order
@@ -169,8 +174,17 @@ class Manifest:
     tensorrt: dict | None = None                    # role -> plan entry, plus profile limits
     raw: dict = field(default_factory=dict)
 
+    @property
+    def family(self) -> str:
+        return family_of(self.config)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The graphs of the folder: ("text", "video") for X-CLIP, ("video",) for EVL."""
+        return roles_of(self.family)
+
     def precisions(self) -> list[str]:
-        return [p for p in PRECISIONS if all(p in self.graphs.get(r, {}) for r in ROLES)]
+        return [p for p in PRECISIONS if all(p in self.graphs.get(r, {}) for r in self.roles)]
 
     def path(self, role: str, precision: str) -> str:
         try:
@@ -276,9 +290,11 @@ def read_manifest(folder: str) -> Manifest:
             f"reads format version {FORMAT_VERSION}; {_reexport_hint(folder)} with this version, or load it "
             "with the xclip-engine version that wrote it")
     try:
-        config = XCLIPConfig.from_dict(raw["config"])
+        family = raw.get("family", "xclip")      # manifests written before EVL have none: X-CLIP
+        config = config_from_dict(raw["config"], family)
         graphs, inputs, outputs = raw["graphs"], raw["inputs"], raw["outputs"]
-        for role in ROLES:
+        roles = roles_of(family)
+        for role in roles:
             if not graphs.get(role):
                 raise KeyError(f"graphs.{role}")
             for precision, entry in graphs[role].items():
@@ -294,7 +310,7 @@ def read_manifest(folder: str) -> Manifest:
                                 + _reexport_hint(folder)) from None
     trt = raw.get("tensorrt")
     if trt:
-        for role in ROLES:
+        for role in roles:
             if role in trt:
                 _check_file(folder, trt[role], f"TensorRT {role} engine")
     return Manifest(folder=folder, config=config, graphs=graphs, inputs=inputs, outputs=outputs,

@@ -1,11 +1,12 @@
-"""`export_model`: an X-CLIP model to a self-contained ONNX folder, checked against the reference.
+"""`export_model`: a model (X-CLIP or EVL) to a self-contained ONNX folder, checked against the reference.
 
-Steps: load the model (any source `xe.load` reads); export the text and video graphs with
-torch.onnx.export (the torch.export-based exporter, opset 18, dynamic B, K and token length) from
-the one model definition switched to the export ops (graphs.py); `onnx.checker` each file; add the
-fp16 and int8 variants asked for (precision.py); write the tokenizer vocabulary and the manifest
-(manifest.py) last; run every precision in ONNX Runtime against the reference (checks.py) and
-print the table; with `tensorrt`, build the engines (trt_runner.py), which needs a GPU.
+Steps: load the model (any source `xe.load` reads); export its graphs with torch.onnx.export (the
+torch.export-based exporter, opset 18) from the one model definition switched to the export ops
+(graphs.py): X-CLIP's text and video graphs (dynamic B, K and token length), EVL's one video graph
+(dynamic B); `onnx.checker` each file; add the fp16 and int8 variants asked for (precision.py);
+write the tokenizer vocabulary (X-CLIP) and the manifest (manifest.py) last; run every precision in
+ONNX Runtime against the reference (checks.py) and print the table; with `tensorrt`, build the
+engines (trt_runner.py), which needs a GPU.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import torch
 
 from xclip_engine.engine.checkpoint import load_model
 from xclip_engine.engine.io.labels import load_labels
-from xclip_engine.engine.model import XCLIP
+from xclip_engine.engine.model import EVL, XCLIP
 from xclip_engine.engine.tokenizer import ClipTokenizer
 
 from . import checks
-from .graphs import TEXT_INPUTS, TEXT_OUTPUTS, VIDEO_INPUTS, VIDEO_OUTPUTS, export_view
+from .graphs import FAMILY_GRAPHS, family_of, graph_modules
 from .manifest import file_entry, preprocessing, read_manifest, write_manifest
 from .precision import expand_reduce_l2, quantize_int8, to_fp16
 
@@ -88,9 +89,11 @@ def _save(model_proto: onnx.ModelProto, path: str) -> dict:
 
 def _example_inputs(config):
     # example sizes other than 0 and 1, so torch.export keeps B, K and L symbolic
+    px = torch.randn(2, config.num_frames, 3, config.image_size, config.image_size)
+    if family_of(config) == "evl":
+        return None, px, None
     ids = torch.zeros(3, 9, dtype=torch.long)
     ids[:, 0], ids[:, 1:5], ids[:, 5] = 49406, 320, 49407
-    px = torch.randn(2, config.num_frames, 3, config.image_size, config.image_size)
     return ids, px, torch.randn(3, config.embed_dim)
 
 
@@ -109,31 +112,40 @@ def _quiet_exporter():
         log.setLevel(level)
 
 
-def export_graphs(model: XCLIP, opset: int = OPSET) -> dict[str, onnx.ModelProto]:
-    """The fp32 text and video graphs of `model` as ModelProtos (the model's ops are restored after)."""
+def _graph_specs(config):
+    """role -> (example inputs, dynamic shapes) of each graph of `config`'s family."""
     from torch.export import Dim
 
-    config = model.config
     ids, px, text = _example_inputs(config)
-    k, b = Dim("K", min=1), Dim("B", min=1)
-    length = Dim("L", min=1, max=config.context_length)
+    b = Dim("B", min=1)
+    if family_of(config) == "evl":
+        return {"video": ((px,), {"pixel_values": {0: b}})}
+    k, length = Dim("K", min=1), Dim("L", min=1, max=config.context_length)
+    return {"text": ((ids,), {"input_ids": {0: k, 1: length}}),
+            "video": ((px, text), {"pixel_values": {0: b}, "text_features": {0: k}})}
+
+
+def export_graphs(model: XCLIP | EVL, opset: int = OPSET) -> dict[str, onnx.ModelProto]:
+    """The fp32 graphs of `model` as ModelProtos, by role: text and video for X-CLIP, video for EVL
+    (the model's ops are restored after)."""
+    config = model.config
+    names = FAMILY_GRAPHS[family_of(config)]
     previous = model.ops
+    graphs = {}
     try:
-        tg, vg = export_view(model)
+        modules = graph_modules(model)
         with torch.no_grad(), _quiet_exporter():
-            text_prog = torch.onnx.export(tg, (ids,), input_names=list(TEXT_INPUTS), output_names=list(TEXT_OUTPUTS),
-                                          dynamic_shapes={"input_ids": {0: k, 1: length}}, opset_version=opset,
-                                          dynamo=True, verbose=False)
-            video_prog = torch.onnx.export(vg, (px, text), input_names=list(VIDEO_INPUTS),
-                                           output_names=list(VIDEO_OUTPUTS), opset_version=opset, dynamo=True,
-                                           dynamic_shapes={"pixel_values": {0: b}, "text_features": {0: k}},
-                                           verbose=False)
+            for role, (example, dynamic) in _graph_specs(config).items():
+                inputs, outputs = names[role]
+                prog = torch.onnx.export(modules[role], example, input_names=list(inputs),
+                                         output_names=list(outputs), dynamic_shapes=dynamic, opset_version=opset,
+                                         dynamo=True, verbose=False)
+                graphs[role] = prog.model_proto
     finally:
         model.use_ops(previous)
-    graphs = {"text": text_prog.model_proto, "video": video_prog.model_proto}
-    for g in graphs.values():
+    for role, g in graphs.items():
         expand_reduce_l2(g)
-        onnx.helper.set_model_props(g, {"xclip_engine_graph": "text" if g is graphs["text"] else "video"})
+        onnx.helper.set_model_props(g, {"xclip_engine_graph": role})
     return graphs
 
 
@@ -146,13 +158,44 @@ def _versions() -> dict:
             "onnxruntime": onnxruntime.__version__, "opset": OPSET}
 
 
-def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | None = None, tokenizer=None,
-                 labels=None, arch: str | None = None, fp16: bool = False, int8: bool = False,
-                 tensorrt: bool = False, max_batch: int = 8, max_labels: int = 400, check: bool = True,
-                 check_labels=None, echo=print) -> ExportResult:
-    """Export `source` (anything xe.load reads) or an in-memory `model` to the folder `out`.
+def _load_source(source, arch, backbone, random_init):
+    """load_model(source, ...); `backbone` (EVL's CLIP backbone file) only when given, so this works
+    with a load_model that does not take it yet."""
+    kwargs = {"arch": arch}
+    if random_init:
+        kwargs["random_init"] = True
+    if backbone is not None:
+        import inspect
 
-    Raises ExportCheckFailed when the fp32 graphs disagree with the reference, and
+        if "backbone" not in inspect.signature(load_model).parameters:
+            raise ExportError("--backbone: this xclip-engine cannot load an EVL checkpoint with a separate backbone "
+                              "yet; export a checkpoint of ours (xclip-engine saves EVL with its backbone)")
+        kwargs["backbone"] = os.fspath(backbone)
+    return load_model(source, **kwargs)
+
+
+def _class_labels(config, labels):
+    """EVL's class names, one per logit (None: not known); X-CLIP's label set as given."""
+    if labels is None or family_of(config) != "evl":
+        return labels
+    labels = list(labels)
+    if len(labels) != config.num_classes:
+        raise ValueError(f"{len(labels)} class labels for an EVL model of {config.num_classes} classes; give one "
+                         "label per class, in the order of the logits")
+    return labels
+
+
+def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | EVL | None = None, tokenizer=None,
+                 labels=None, arch: str | None = None, backbone=None, random_init: bool = False,
+                 fp16: bool = False, int8: bool = False, tensorrt: bool = False, max_batch: int = 8,
+                 max_labels: int = 400, check: bool = True, check_labels=None, check_batch: int = 2,
+                 echo=print) -> ExportResult:
+    """Export `source` (anything xe.load reads) or an in-memory `model` (an XCLIP or an EVL) to the folder `out`.
+
+    EVL: one video graph (pixel_values -> logits, video_embeds); `labels` are its class names, one per
+    logit; `backbone` is the CLIP backbone file an official EVL checkpoint loads with. `check_batch`:
+    videos in the check's sample (2; a full-size test may take 1). Raises
+    ExportCheckFailed when the fp32 graphs disagree with the reference, and
     trt_runner.TensorRTUnavailable when `tensorrt` is asked for where it cannot run (after the
     ONNX files and the manifest are written, so the folder still serves ONNX Runtime).
     """
@@ -164,17 +207,19 @@ def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | None 
     out = os.fspath(out)
     _check_folder(out)                                       # before a long model load
     if model is None:
-        loaded = load_model(source, arch=arch)
+        loaded = _load_source(source, arch, backbone, random_init)
         model, labels = loaded.model, labels if labels is not None else loaded.labels
         tokenizer = tokenizer or (ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else None)
         info = {"model": os.fspath(source), "kind": loaded.kind, "origin": loaded.origin}
-    tokenizer = tokenizer or ClipTokenizer()
     model = model.eval()
     config = model.config
+    family = family_of(config)
+    labels = _class_labels(config, labels)
+    tokenizer = (tokenizer or ClipTokenizer()) if family == "xclip" else None    # EVL has no text tower
     _prepare_folder(out)
     fp16 = fp16 or tensorrt                                  # TensorRT builds from the fp16 graphs
 
-    echo(f"exporting {info['model'] or 'the model'} to {out} (torch.onnx, opset {OPSET}) ...")
+    echo(f"exporting {info['model'] or 'the model'} ({family}) to {out} (torch.onnx, opset {OPSET}) ...")
     graphs = export_graphs(model)
     entries = {role: {} for role in graphs}
     for role, g in graphs.items():
@@ -187,31 +232,38 @@ def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | None 
             onnx.checker.check_model(dst)
             entries[role]["int8"] = file_entry(out, os.path.basename(dst))
     del graphs
-    tokenizer.save_vocabulary(out)
-    data = {"config": config.to_dict(), "num_frames": config.num_frames, "image_size": config.image_size,
-            "context_length": config.context_length, "preprocessing": preprocessing(config),
-            "precisions": [p for p in ("fp32", "fp16", "int8") if p in entries["text"]], "graphs": entries,
-            "inputs": {"text": list(TEXT_INPUTS), "video": list(VIDEO_INPUTS)},
-            "outputs": {"text": list(TEXT_OUTPUTS), "video": list(VIDEO_OUTPUTS)},
-            "dynamic_axes": {"input_ids": ["K", "L<=77"], "pixel_values": ["B"], "text_features": ["K"],
-                             "logits": ["B", "K"], "video_embeds": ["B"]},
-            # with their hashes, so a load checks the tokenizer's files as it checks the graphs
-            "vocab": {"vocab": file_entry(out, "vocab.json"), "merges": file_entry(out, "merges.txt")},
-            "labels": list(labels) if labels else None,
-            "source": info, "versions": _versions(), "tensorrt": None}
+    names = FAMILY_GRAPHS[family]
+    data = {"family": family, "config": config.to_dict(), "num_frames": config.num_frames,
+            "image_size": config.image_size, "preprocessing": preprocessing(config),
+            "precisions": [p for p in ("fp32", "fp16", "int8") if p in entries["video"]], "graphs": entries,
+            "inputs": {role: list(i) for role, (i, _) in names.items()},
+            "outputs": {role: list(o) for role, (_, o) in names.items()}}
+    if family == "evl":
+        data.update({"num_classes": config.num_classes,
+                     "dynamic_axes": {"pixel_values": ["B"], "logits": ["B"], "video_embeds": ["B"]}})
+    else:
+        tokenizer.save_vocabulary(out)
+        data.update({"context_length": config.context_length,
+                     "dynamic_axes": {"input_ids": ["K", "L<=77"], "pixel_values": ["B"], "text_features": ["K"],
+                                      "logits": ["B", "K"], "video_embeds": ["B"]},
+                     # with their hashes, so a load checks the tokenizer's files as it checks the graphs
+                     "vocab": {"vocab": file_entry(out, "vocab.json"), "merges": file_entry(out, "merges.txt")}})
+    data.update({"labels": list(labels) if labels else None, "source": info, "versions": _versions(),
+                 "tensorrt": None})
     write_manifest(out, data)
     result = ExportResult(out, manifest=data)
     if check:
-        _run_checks(result, model, tokenizer, check_labels or labels, echo)
+        _run_checks(result, model, tokenizer, check_labels or labels, echo, check_batch)
     if tensorrt:
         _build_tensorrt(result, max_batch, max_labels, echo)
     return result
 
 
-def _run_checks(result: ExportResult, model, tokenizer, labels, echo) -> None:
+def _run_checks(result: ExportResult, model, tokenizer, labels, echo, batch: int = 2) -> None:
     manifest = read_manifest(result.folder)
-    labels = list(labels)[:16] if labels else load_labels("k400")[:16]
-    ids, px = checks.sample_inputs(model.config, tokenizer, labels, batch=2)
+    if tokenizer is not None:      # X-CLIP: a few labels' text; EVL has none
+        labels = list(labels)[:16] if labels else load_labels("k400")[:16]
+    ids, px = checks.sample_inputs(model.config, tokenizer, labels, batch=batch)
     echo("computing the reference outputs the checks judge by (float64, fp32"
          + (", fp16" if "fp16" in manifest.precisions() else "") + ") ...")
     refs = checks.yardstick(model, ids, px, manifest.precisions())
@@ -267,7 +319,7 @@ def _build_tensorrt(result: ExportResult, max_batch: int, max_labels: int, echo)
         write_manifest(result.folder, data)
         if not all(r.ok for r in rows):
             # refused: an engine that disagrees must not be served; the ONNX folder stays usable
-            for role in ("text", "video"):
+            for role in manifest.roles:
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(result.folder, trt_info[role]["file"]))
             data["tensorrt"] = None

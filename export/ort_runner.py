@@ -2,6 +2,7 @@
 
 Two sessions (text, video) with the interface Model expects of a net: `.config`, `encode_text(ids)`,
 `encode_video(px)`, `video_features(px)`, `__call__(px, text) -> logits`, torch tensors in and out.
+An EVL folder has one session (video) and EVL's calls: `encode_video(px)`, `__call__(px) -> logits`.
 
 Before anything is built or read from the cache, the graph's content is checked against the
 manifest's sha256 (manifest.verify_file): a graph changed in place, same size or not, is refused
@@ -33,6 +34,7 @@ import torch
 from xclip_engine.engine.io.atomic import atomic_write, write_via_temp
 from xclip_engine.engine.model.layers import causal_eot_trim
 
+from .graphs import family_of
 from .manifest import CACHE_DIR, ExportFolderError, Manifest, hash_file
 
 FUSION_RTOL = 1e-4
@@ -96,8 +98,10 @@ def sample_feeds(manifest: Manifest, role: str, batch: int = 2, labels: int = 3,
             ids[r, 1:1 + n] = rng.integers(1, 49400, n)
             ids[r, 1 + n] = 49407                          # <|endoftext|>, the row's argmax
         return {"input_ids": ids}
-    return {"pixel_values": rng.standard_normal((batch, c.num_frames, 3, c.image_size, c.image_size), np.float32),
-            "text_features": rng.standard_normal((labels, c.embed_dim), np.float32)}
+    px = rng.standard_normal((batch, c.num_frames, 3, c.image_size, c.image_size), np.float32)
+    if family_of(c) == "evl":
+        return {"pixel_values": px}
+    return {"pixel_values": px, "text_features": rng.standard_normal((labels, c.embed_dim), np.float32)}
 
 
 def _session(model, providers, provider_options, level="all", optimized_path=None):
@@ -146,8 +150,11 @@ def fuse(path: str, config, role: str, cpu_only: bool = False):
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    heads, width = ((config.text_heads, config.text_width) if role == "text"
-                    else (config.vision_heads, config.vision_width))
+    if family_of(config) == "evl":
+        heads, width = config.heads, config.width
+    else:
+        heads, width = ((config.text_heads, config.text_width) if role == "text"
+                        else (config.vision_heads, config.vision_width))
     options = FusionOptions("clip")
     if cpu_only:
         options.enable_skip_layer_norm = False
@@ -332,17 +339,26 @@ def _writable(folder: str) -> bool:
 
 
 class OrtNet:
-    """The two graphs of an export folder behind the net interface of xclip_engine.engine.api.Model."""
+    """The graphs of an export folder behind the net interface of xclip_engine.engine.api.Model.
+
+    X-CLIP: text and video graphs, `net(px, text_features)`. EVL: the video graph alone, `net(px)`
+    (closed set: the logits are the class scores; `encode_text` is refused)."""
 
     def __init__(self, manifest: Manifest, precision: str = "fp32", device=None, fusion: bool = True):
         self.manifest, self.precision = manifest, precision
         self.config = manifest.config
+        self.family = family_of(self.config)
         self.device = torch.device(device or "cpu")
-        self.text = GraphSession(manifest, "text", precision, self.device, fusion)
+        self.text = None
+        if self.family == "xclip":
+            self.text = GraphSession(manifest, "text", precision, self.device, fusion)
         self.video = GraphSession(manifest, "video", precision, self.device, fusion)
-        self._no_text = np.zeros((1, self.config.embed_dim), np.float32)
+        self._no_text = None if self.family == "evl" else np.zeros((1, self.config.embed_dim), np.float32)
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.text is None:
+            raise NotImplementedError("an EVL export is a closed-set classifier with no text tower: its logits are "
+                                      "the scores of its classes (net(pixel_values))")
         """ids [K, C] -> [K, E]; the padding after the longest label is cut first (exact under the causal mask)."""
         if ids.ndim != 2 or ids.shape[0] == 0:
             raise ValueError(f"input_ids must be [K, {self.config.context_length}] with K >= 1, got {tuple(ids.shape)}")
@@ -352,24 +368,40 @@ class OrtNet:
 
     def _run_video(self, pixel_values: torch.Tensor, text) -> tuple[torch.Tensor, torch.Tensor]:
         px = pixel_values.detach().cpu().numpy().astype(np.float32, copy=False)
-        logits, video = self.video.run(pixel_values=px, text_features=text)
+        feeds = {"pixel_values": px} if self.family == "evl" else {"pixel_values": px, "text_features": text}
+        logits, video = self.video.run(**feeds)
         return torch.from_numpy(logits).to(pixel_values.device), torch.from_numpy(video).to(pixel_values.device)
 
     def encode_video(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # the graph needs some text features; one zero row costs nothing next to the video tower
         return self._run_video(pixel_values, self._no_text)[1]
 
+    def logits_and_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """EVL: (logits [B, classes], video features [B, C]) from one run of the video graph."""
+        if self.family != "evl":
+            raise NotImplementedError("logits_and_features is EVL's; X-CLIP's logits need text features")
+        return self._run_video(pixel_values, None)
+
     def video_features(self, pixel_values):
         raise NotImplementedError("the exported video graph returns logits and video embeddings, not the visual "
                                   "tokens of the prompt generator; use backend='reference' for video_features")
 
-    def __call__(self, pixel_values: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixel_values: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        if self.family == "evl":
+            if text_features is not None:
+                raise TypeError("an EVL export takes pixel values only: net(pixel_values) -> class logits")
+            return self._run_video(pixel_values, None)[0]
+        if text_features is None:
+            raise TypeError("an X-CLIP export needs text features: net(pixel_values, text_features)")
         text = text_features.detach().float().cpu().numpy()
         return self._run_video(pixel_values, text)[0]
 
     def describe(self) -> dict:
-        return {"precision": self.precision, "providers": self.video.session.get_providers(),
-                "text": self.text.info, "video": self.video.info}
+        info = {"precision": self.precision, "providers": self.video.session.get_providers(),
+                "video": self.video.info}
+        if self.text is not None:
+            info["text"] = self.text.info
+        return info
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 engine/api.py calls this for `xe.load(DIR, backend="onnxruntime" | "tensorrt")`. The folder holds
 everything (graphs, vocabulary, manifest), so nothing else is read. The returned Model has the
 reference API (encode_text, encode_video, logits, classify) because the runtime nets below have
-the four calls and `.config` that Model uses.
+the four calls and `.config` that Model uses. An EVL folder (family "evl", read from the manifest)
+gives a net with EVL's calls (`net(pixel_values)` -> class logits, `encode_video`, `.config` an
+EVLConfig) and no tokenizer: its labels are the class names the manifest records.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def load_runtime(source, backend: str = "onnxruntime", device=None, precision: s
         raise ValueError(f"backend {backend!r} is not a runtime backend ({', '.join(RUNTIME_BACKENDS)})")
     folder = os.fspath(source)
     manifest = read_manifest(folder)
-    check_vocabulary(manifest)
-    tokenizer = ClipTokenizer.from_folder(folder)
+    tokenizer = None                     # EVL: a closed-set classifier, no text tower and no vocabulary
+    if manifest.family == "xclip":
+        check_vocabulary(manifest)
+        tokenizer = ClipTokenizer.from_folder(folder)
     dev = default_device(device)
     if backend == "tensorrt":
         if precision not in (None, "fp16"):

@@ -7,7 +7,8 @@ profile over the dynamic axes: videos B in 1..max_batch, labels K in 1..max_labe
 1..77. Run: named-tensor I/O on torch CUDA tensors (set_input_shape, set_tensor_address,
 execute_async_v3 on a stream of the engine's device, every TensorRT call under
 torch.cuda.device). Calls larger than a profile are split, because videos are independent and so
-are labels (the prompt generator works per video-label pair).
+are labels (the prompt generator works per video-label pair). An EVL folder has one engine, the
+video graph's (pixel_values -> logits, video_embeds), with a profile over B alone.
 API: TensorRT Python API, "Migrating from TensorRT 8.x to 10.x" (named tensors, enqueueV3).
 """
 
@@ -21,7 +22,8 @@ import torch
 from xclip_engine.engine.io.atomic import atomic_write
 from xclip_engine.engine.model.layers import causal_eot_trim
 
-from .manifest import CACHE_DIR, ExportFolderError, Manifest, verify_file
+from .graphs import family_of
+from .manifest import CACHE_DIR, ROLES, ExportFolderError, Manifest, verify_file
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -80,9 +82,12 @@ def _build(trt, onnx_path, plan_path, profile, workspace_gib) -> None:
 
 def profiles(config, max_batch: int, max_labels: int) -> dict[str, dict[str, tuple]]:
     """The optimization profile of each graph: (min, opt, max) shape of every input."""
-    t, s, e, c = config.num_frames, config.image_size, config.embed_dim, config.context_length
-    k_opt = max(1, min(max_labels, 400))
+    t, s = config.num_frames, config.image_size
     b_opt = max(1, min(max_batch, 8))
+    if family_of(config) == "evl":
+        return {"video": {"pixel_values": ((1, t, 3, s, s), (b_opt, t, 3, s, s), (max_batch, t, 3, s, s))}}
+    e, c = config.embed_dim, config.context_length
+    k_opt = max(1, min(max_labels, 400))
     return {
         "text": {"input_ids": ((1, 1), (k_opt, 16), (max_labels, c))},
         "video": {"pixel_values": ((1, t, 3, s, s), (b_opt, t, 3, s, s), (max_batch, t, 3, s, s)),
@@ -174,8 +179,10 @@ class TrtNet:
                                     f"{trt.__version__}; engines do not move between versions: rebuild with "
                                     "xclip-engine export --tensorrt")
         self.config = manifest.config
+        self.family = family_of(self.config)
+        roles = getattr(manifest, "roles", ROLES)
         self.max_batch, self.max_labels = int(info["max_batch"]), int(info["max_labels"])
-        for role in ("text", "video"):
+        for role in roles:
             if not isinstance(info.get(role), dict):
                 raise ExportFolderError(f"{manifest.folder}/manifest.json: the TensorRT section has no {role} "
                                         "engine; rebuild them: xclip-engine export --model SOURCE --out "
@@ -184,19 +191,28 @@ class TrtNet:
         # here); cache/ holds the verified hashes, so a repeat load does not read the plans twice
         with contextlib.suppress(OSError):
             os.makedirs(os.path.join(manifest.folder, CACHE_DIR), exist_ok=True)
-        paths = {role: os.path.join(manifest.folder, info[role]["file"]) for role in ("text", "video")}
+        paths = {role: os.path.join(manifest.folder, info[role]["file"]) for role in roles}
         for role in paths:
             verify_file(manifest.folder, info[role], f"TensorRT {role} engine")
-        self.text = _Engine(trt, paths["text"], self.device)
+        self.text = _Engine(trt, paths["text"], self.device) if "text" in paths else None
         self.video = _Engine(trt, paths["video"], self.device)
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.text is None:
+            raise NotImplementedError("an EVL export is a closed-set classifier with no text tower: its logits are "
+                                      "the scores of its classes (net(pixel_values))")
         ids = ids[:, : causal_eot_trim(ids)]
         parts = [self.text(input_ids=chunk)[0] for chunk in ids.split(self.max_labels)]
         return torch.cat(parts).float()
 
     def _video(self, pixel_values, text):
         logits, videos = [], []
+        if text is None:    # EVL: one engine call per chunk of at most max_batch videos
+            for px in pixel_values.split(self.max_batch):
+                lg, v = self.video(pixel_values=px)
+                logits.append(lg)
+                videos.append(v)
+            return torch.cat(logits).float(), torch.cat(videos).float()
         for px in pixel_values.split(self.max_batch):
             cols, v = [], None
             for t in text.split(self.max_labels):
@@ -207,11 +223,24 @@ class TrtNet:
         return torch.cat(logits).float(), torch.cat(videos).float()
 
     def encode_video(self, pixel_values):
+        if self.family == "evl":
+            return self._video(pixel_values, None)[1]
         return self._video(pixel_values, torch.zeros(1, self.config.embed_dim, device=self.device))[1]
+
+    def logits_and_features(self, pixel_values):
+        """EVL: (logits [B, classes], video features [B, C]) from one pass of the video engine."""
+        if self.family != "evl":
+            raise NotImplementedError("logits_and_features is EVL's; X-CLIP's logits need text features")
+        return self._video(pixel_values, None)
 
     def video_features(self, pixel_values):
         raise NotImplementedError("the TensorRT video engine returns logits and video embeddings, not the visual "
                                   "tokens; use backend='reference' for video_features")
 
-    def __call__(self, pixel_values, text_features):
+    def __call__(self, pixel_values, text_features=None):
+        if self.family == "evl":
+            if text_features is not None:
+                raise TypeError("an EVL engine takes pixel values only: net(pixel_values) -> class logits")
+        elif text_features is None:
+            raise TypeError("an X-CLIP engine needs text features: net(pixel_values, text_features)")
         return self._video(pixel_values, text_features)[0]

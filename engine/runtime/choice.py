@@ -18,7 +18,8 @@ answers on this machine, so each candidate is judged by engine/runtime/yardstick
   on a CPU; fp32, fp16 and the TensorRT engine on a GPU.
 
 The calibration input is one batch of CALIBRATION_BATCH seeded videos of the model's real shape and
-CALIBRATION_LABELS labels' worth of text features.
+CALIBRATION_LABELS labels' worth of text features. EVL (closed set) has no text: its candidates are
+called net(pixel_values), X-CLIP's net(pixel_values, text_features) (`net_args`).
 """
 
 from __future__ import annotations
@@ -183,9 +184,22 @@ def time_call(fn, *args, calls: int = TIMED_CALLS, min_seconds: float = 0.2, max
     return min(times)
 
 
+def needs_text(net) -> bool:
+    """Whether `net` (a model, or a runtime with .config) scores videos against text features
+    (X-CLIP) or on its own (EVL, a closed-set classifier)."""
+    return getattr(net.config, "family", "xclip") != "evl"
+
+
+def net_args(net, px, ids) -> tuple:
+    """The arguments of one scoring call of `net`: (px, text features of ids) for X-CLIP, (px,) for EVL."""
+    return (px, net.encode_text(ids)) if needs_text(net) else (px,)
+
+
 def calibration_input(config, device: torch.device, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     px = torch.randn(CALIBRATION_BATCH, config.num_frames, 3, config.image_size, config.image_size, generator=g)
+    if getattr(config, "family", "xclip") == "evl":
+        return px.to(device), None          # a closed-set classifier: no text
     ids = torch.full((CALIBRATION_LABELS, config.context_length), 0, dtype=torch.long)
     # SOT, a few word ids, EOT: real token structure without needing a tokenizer
     for i in range(CALIBRATION_LABELS):
@@ -201,10 +215,10 @@ def measure_checkpoint(net, device: torch.device, paths: list[PathResult], echo=
     it builds are left in `built` (path name -> net), so the winner is not built twice."""
     px, ids = calibration_input(net.config, device)
     exact = float64_copy(net)
-    logits64 = exact(px.double(), exact.encode_text(ids)).cpu()
+    logits64 = exact(*net_args(exact, px.double(), ids)).cpu()
     del exact
-    text = net.encode_text(ids)
-    logits32 = net(px, text).float().cpu()
+    args = net_args(net, px, ids)           # (px, text) for X-CLIP, (px,) for EVL
+    logits32 = net(*args).float().cpu()
     for p in paths:
         if not p.available:
             continue
@@ -212,16 +226,16 @@ def measure_checkpoint(net, device: torch.device, paths: list[PathResult], echo=
             runnable = build_path(p, net, device)
             if built is not None:
                 built[p.name] = runnable
-            got = logits32 if runnable is net else runnable(px, text).float().cpu()   # also the warm-up
+            got = logits32 if runnable is net else runnable(*args).float().cpu()   # also the warm-up
             if p.precision == "bf16":
                 with torch.autocast(device.type, dtype=torch.bfloat16):
-                    same = net(px, text).float().cpu()
+                    same = net(*args).float().cpu()
             else:
                 same = logits32
             v = judge(f"{p.name} logits", got, logits64, same, p.precision, classes=True)
             p.verified, p.error, p.bound = v.ok, v.error, v.bound
             p.why = "" if v.ok else f"disagrees with the reference: {v.why}"
-            p.seconds = time_call(runnable, px, text) / CALIBRATION_BATCH
+            p.seconds = time_call(runnable, *args) / CALIBRATION_BATCH
         except Exception as e:   # a path that cannot even run here is reported, never chosen
             p.available, p.verified, p.why = False, False, f"failed to run: {type(e).__name__}: {e}"
         say(echo, f"auto:   {p.name}: " + (f"{p.seconds:.3f} s/video, error {p.error:.1e} (bound {p.bound:.1e}), "
@@ -277,7 +291,7 @@ def decide(fp: dict, measure, paths: list[PathResult], echo, what: str, fresh: b
 
 
 def choose_for_checkpoint(net, device=None, precision: str | None = None, echo=stderr_echo, fresh: bool = False):
-    """(Choice, the net to run): `net` is a loaded reference XCLIP on `device`; the returned net is
+    """(Choice, the net to run): `net` is a loaded reference XCLIP or EVL on `device`; the returned net is
     it, or a prepared copy (bf16, Triton) when that path won. `fresh`: measure even when a verdict
     is cached (and replace it)."""
     dev = resolve_device(device)
@@ -285,8 +299,10 @@ def choose_for_checkpoint(net, device=None, precision: str | None = None, echo=s
     net = net.to(dev).eval()
     fp = cache.fingerprint(dev, {"family": net.config.family, "config": net.config.to_dict(), "precision": precision})
     built: dict = {}
+    cfg = net.config
+    width = getattr(cfg, "vision_width", None) or cfg.width        # X-CLIP's vision tower, EVL's backbone
     choice = decide(fp, lambda ps: measure_checkpoint(net, dev, ps, echo, built), paths, echo,
-                     f"this architecture ({net.config.num_frames} frames, width {net.config.vision_width})", fresh)
+                    f"this {cfg.family} architecture ({cfg.num_frames} frames, width {width})", fresh)
     best = next(p for p in choice.paths if (p.backend, p.precision) == (choice.backend, choice.precision))
     return choice, built[best.name] if best.name in built else build_path(best, net, dev)
 

@@ -96,8 +96,8 @@ def measure_export(folder: str, raw: dict, device: torch.device, paths: list[Pat
             model = load_export_path(folder, p, device)
             px, ids = choice.calibration_input(model.config, device)
             with torch.inference_mode():
-                text = model.net.encode_text(ids)
-                got = model.net(px, text).float().cpu()
+                args = choice.net_args(model.net, px, ids)     # (px, text) for X-CLIP, (px,) for EVL
+                got = model.net(*args).float().cpu()
             if base is None and (p.backend, p.precision) == ("onnxruntime", "fp32"):
                 base = got    # the yardstick for the others here: it passed its export check
                 p.verified, p.why = True, "passed the export check; the other precisions are compared with it"
@@ -110,7 +110,7 @@ def measure_export(folder: str, raw: dict, device: torch.device, paths: list[Pat
                 p.verified, p.error, p.bound = v.ok, v.error, v.bound
                 p.why = "" if v.ok else f"disagrees with the fp32 graph here: {v.why}"
             with torch.inference_mode():
-                p.seconds = choice.time_call(model.net, px, text) / CALIBRATION_BATCH
+                p.seconds = choice.time_call(model.net, *args) / CALIBRATION_BATCH
         except Exception as e:
             p.available, p.verified, p.why = False, False, f"failed to run: {type(e).__name__}: {e}"
         choice.say(echo, f"auto:   {p.name}: " + (f"{p.seconds:.3f} s/video" if p.seconds is not None else p.why))
