@@ -81,16 +81,18 @@ def models_cmd():
 @click.option("--model", "-m", "model_src", default=None,
               help="Model whose paths to measure: anything --model of infer takes, or an export folder. "
                    "Default: the bundled demonstration model.")
+@click.option("--backbone", default=None, metavar="CLIP",
+              help="EVL: the CLIP backbone of an official EVL .pth, as for infer.")
 @click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when a GPU is visible).")
 @click.option("--fresh", is_flag=True, help="Measure again even when backend auto has a cached verdict.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts).")
-def doctor_cmd(model_src, device, fresh, as_json):
+def doctor_cmd(model_src, backbone, device, fresh, as_json):
     """Show this machine, every path that runs a model here (or why not), and which one auto takes."""
     from .checkpoint import CheckpointError
     from .doctor import diagnose, format_report, main_json
 
     try:
-        report = diagnose(model_src, device=device, fresh=fresh)
+        report = diagnose(model_src, device=device, fresh=fresh, backbone=backbone)
     except (CheckpointError, KeyError, ValueError, NotImplementedError, OSError) as e:
         _usage_error(f"cannot examine the model {model_src or '(bundled default)'}: {e}")
     if as_json:

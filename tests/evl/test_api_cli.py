@@ -175,3 +175,12 @@ def test_pixel_input_checks(evl):
     m = xe.load(evl / "ours")
     with pytest.raises(ValueError, match=r"this model takes \[B, 4, 3, 32, 32\]"):
         m.logits(np.zeros((1, 8, 3, 32, 32), np.float32))
+
+
+def test_doctor_on_the_two_file_layout(evl):
+    r = run("doctor", "--model", evl / "evl.pth", "--backbone", evl / "clip-b.pt", "--json")
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert "evl" in json.dumps(report).lower()
+    r = run("doctor", "--model", evl / "evl.pth")
+    assert r.exit_code == 2 and "pass its CLIP backbone" in r.stderr
