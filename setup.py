@@ -33,7 +33,8 @@ setup(
     packages=list(SUBPACKAGES),
     package_dir=SUBPACKAGES,
     package_data={
-        "xclip_engine.engine": ["assets/*.gz", "assets/labels/*.csv", "assets/NOTICE", "assets/default_model/*"],
+        "xclip_engine.engine": ["assets/*.gz", "assets/labels/*.csv", "assets/NOTICE", "assets/default_model/*",
+                                 "assets/evl_demo/*"],
         "xclip_engine.train": ["configs/*.yaml"],
     },
     include_package_data=True,

@@ -297,6 +297,7 @@ class RegistryEntry:
     config: XCLIPConfig | EVLConfig
     hub_id: str | None  # Hugging Face repo with the released weights, if there is one
     note: str = ""
+    bundled: str | None = None   # a folder of engine/assets/ that ships the weights with the package
 
     @property
     def family(self) -> str:   # which model definition and checkpoint readers apply
@@ -330,6 +331,9 @@ _ENTRIES = [
                     f"Kinetics-400, {b} backbone, {t} frames; weights from the official release + CLIP backbone")
       for b in ("B/16", "L/14") for t in (8, 16, 32)),
     RegistryEntry("evl-tiny-test", EVL_TINY, None, "random-init EVL test architecture, no weights"),
+    RegistryEntry("evl-demo", EVLConfig(image_size=64, width=128, layers=4, heads=2, decoder_heads=2,
+                                        decoder_dropout=0.1, num_classes=80, frame_stride=3), None,
+                  "bundled EVL demonstration model: synthetic shapes, 80 classes", bundled="evl_demo"),
 ]
 REGISTRY: dict[str, RegistryEntry] = {e.name: e for e in _ENTRIES}
 

@@ -67,6 +67,7 @@ def save_training_checkpoint(path: str, model, labels: list[str], optimizer, sch
     state = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
+        "family": getattr(model.config, "family", "xclip"),   # EVL or X-CLIP: which model the config builds
         "config": model.config.to_dict(),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "labels": list(labels),

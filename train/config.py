@@ -32,6 +32,10 @@ class ModelSection:
     gradient_checkpointing: bool = False
     freeze_text: bool = False        # the official recipe's FIX_TEXT; off so that the text tower trains
     logit_scale: float | None = None  # from scratch: exp(logit_scale) to start from (None: CLIP's 1/0.07)
+    # EVL (train/evl.py): family "evl" (or an EVL `arch`, e.g. evl-tiny-test) trains EVL's decoder and head
+    family: str | None = None        # xclip | evl; None: the family of `arch` (or of `source`)
+    backbone: str | None = None      # EVL from scratch: checkpoint (or `default`) whose CLIP ViT is the frozen backbone
+    backbone_fold_norm: bool = True  # an X-CLIP backbone: fold its ImageNet 0..255 statistics into its weights
 
 
 @dataclass
@@ -86,6 +90,9 @@ class TrainSection:
     eval_views: str = "1x1"
     eval_batch_size: int = 8
     threads: int | None = None       # torch CPU threads per process (None: torch's default)
+    backbone_bf16: bool = False      # EVL: run the frozen backbone under bf16 autocast (decoder and head in fp32)
+    cache_taps: bool = False         # EVL: the frozen backbone's taps of every clip computed once (train and val):
+                                     # epochs run the decoder only; clips are then unaugmented test-time clips
 
 
 SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "train": TrainSection}
@@ -155,6 +162,15 @@ class RunConfig:
             need(0.0 <= float(_get(self.to_dict(), key)) <= 1.0, key, "must be a probability")
         need(0.0 <= float(d.hue) <= 0.5, "data.hue", "must be in [0, 0.5] (a fraction of the hue circle)")
         need(isinstance(self.model.config, dict), "model.config", "must be a mapping of XCLIPConfig fields")
+        m = self.model
+        need(m.family in (None, "xclip", "evl"), "model.family", "must be xclip, evl or null (the arch's family)")
+        need(isinstance(t.backbone_bf16, bool), "train.backbone_bf16", "must be true or false")
+        need(isinstance(t.cache_taps, bool), "train.cache_taps", "must be true or false")
+        need(not t.cache_taps or (float(t.mixup) == 0 and float(t.cutmix) == 0), "train.cache_taps",
+             "caches unmixed clips: set train.mixup=0 and train.cutmix=0 with it")
+        need(isinstance(m.backbone_fold_norm, bool), "model.backbone_fold_norm", "must be true or false")
+        need(m.backbone is None or (isinstance(m.backbone, str) and m.backbone.strip() != ""), "model.backbone",
+             "must be a checkpoint path (or null)")
         need(self.model.logit_scale is None or 1.0 <= float(self.model.logit_scale) <= 100.0, "model.logit_scale",
              "must be in [1, 100] (CLIP clamps the scale at 100; its init is 1/0.07 = 14.3)")
 
@@ -173,9 +189,10 @@ class RunConfig:
             # data.labels may name a bundled set (k400, hmdb51, ...), which is not a path
             if v and (key != "data.labels" or os.path.exists(os.path.expanduser(v))):
                 _set(d, key, os.path.abspath(os.path.expanduser(v)))
-        src = d["model"]["source"]
-        if src and os.path.exists(src):    # a registry name stays a name
-            d["model"]["source"] = os.path.abspath(src)
+        for key in ("source", "backbone"):
+            src = d["model"][key]
+            if src and os.path.exists(src):    # a registry name stays a name
+                d["model"][key] = os.path.abspath(src)
         return RunConfig.from_dict(d)
 
 

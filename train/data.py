@@ -13,6 +13,9 @@ per frame; sharing keeps a clip's colours consistent over time, which motion-bas
 Every random choice comes from a generator seeded by (seed, epoch, sample index), so a clip's
 augmentation does not depend on worker count, process count or where a resumed run restarts.
 Evaluation clips are exactly the engine's `read_video` (1x1 or 4x3 views).
+
+EVL (`preprocessing=` an EVL spec, train/evl.py): training clips take the stride's frames from a
+random start and train/evl.py's augmentation; evaluation clips are `read_video` with the spec.
 """
 
 from __future__ import annotations
@@ -163,9 +166,10 @@ class ClipDataset(Dataset):
     test mode takes an index and returns [V, T, 3, S, S] for `views`."""
 
     def __init__(self, samples: list[Sample], num_frames: int, size: int, train: bool,
-                 aug: DataSection | None = None, seed: int = 0, views: str = "1x1"):
+                 aug: DataSection | None = None, seed: int = 0, views: str = "1x1", preprocessing: dict | None = None):
         self.samples, self.num_frames, self.size = samples, num_frames, size
         self.train, self.aug, self.seed, self.views = train, aug or DataSection(), seed, views
+        self.preprocessing = preprocessing   # an EVL spec (train/evl.py evl_spec), None: X-CLIP
         self.frames: list | None = None   # per sample: every decoded frame, or the error (see cache_frames)
 
     def cache_frames(self, threads: int = 2, progress=None) -> int:
@@ -212,9 +216,17 @@ class ClipDataset(Dataset):
                 if isinstance(cached, str):
                     raise VideoError(s.path, cached)
                 n = count_frames(s.path) if cached is None else len(cached)
-                idx = tsn_train_indices(n, self.num_frames, rng)
+                if self.preprocessing is not None:
+                    from .evl import evl_train_transform, train_start
+
+                    idx = train_start(n, self.num_frames, self.preprocessing["stride"], rng)
+                else:
+                    idx = tsn_train_indices(n, self.num_frames, rng)
                 frames = read_frames(s.path, idx) if cached is None else [cached[i] for i in idx]
-                out["pixels"] = torch.from_numpy(train_transform(frames, self.size, self.aug, rng))
+                transform = train_transform if self.preprocessing is None else evl_train_transform
+                out["pixels"] = torch.from_numpy(transform(frames, self.size, self.aug, rng))
+            elif self.preprocessing is not None:
+                out["pixels"] = torch.from_numpy(read_video(s.path, views=self.views, preprocessing=self.preprocessing))
             else:
                 out["pixels"] = torch.from_numpy(read_video(s.path, self.num_frames, self.size, self.views))
         except VideoError as e:

@@ -10,6 +10,10 @@ so evaluation sees exactly what `xclip-engine infer` sees.
   change; the result says how many of the labels the model never trained on.
 - Few-shot (the paper's protocol, section 4.3): fine-tune on K clips per class of a training
   list with the reference trainer, then evaluate the fine-tuned model on the test list.
+- EVL (a closed-set classifier): clips follow EVL's test-time preprocessing (stride sampling, CLIP
+  mean/std; "NxM" views = N temporal clips x M crops, the official K400 test is 3x1); its logits
+  are over the classes it was trained on, so every label of the labels CSV must be one of the
+  model's own (matched by name, in any order): no zero-shot.
 """
 
 from __future__ import annotations
@@ -30,19 +34,45 @@ from .config import RunConfig
 from .data import ClipDataset, DataError, collate, few_shot_subset, read_labels, read_list, write_list
 
 
+def evl_columns(labels: list[str], model_labels: list[str] | None, num_classes: int) -> list[int]:
+    """For each label of an evaluation label set, the EVL model's class index: by name when the
+    model carries its class names, else by id (the label set must then have the head's size)."""
+    if model_labels is None:
+        if len(labels) != num_classes:
+            raise DataError(f"the labels file has {len(labels)} classes, the EVL model {num_classes} and no class "
+                            "names to match them by; EVL classifies its own classes only (no zero-shot)")
+        return list(range(num_classes))
+    index = {name: i for i, name in enumerate(model_labels)}
+    unknown = [lab for lab in labels if lab not in index]
+    if unknown:
+        raise DataError(f"{len(unknown)} label(s) of the labels file are not classes of this EVL model, e.g. "
+                        f"{unknown[0]!r}; EVL is a closed-set classifier (no zero-shot): evaluate it on its own "
+                        "classes")
+    return [index[lab] for lab in labels]
+
+
 @torch.inference_mode()
-def evaluate_model(model, samples, labels: list[str], tokenizer: ClipTokenizer, views: str = "1x1",
+def evaluate_model(model, samples, labels: list[str], tokenizer: ClipTokenizer | None, views: str = "1x1",
                    batch_size: int = 8, workers: int = 0, device=None, rank: int = 0, world: int = 1,
-                   report=None, strict: bool = False) -> dict:
-    """Top-1/top-5 of `model` (a reference XCLIP) on `samples`. With world > 1 each process takes
-    every world-th sample and the counts are summed with all_reduce (a process group must exist)."""
+                   report=None, strict: bool = False, model_labels: list[str] | None = None) -> dict:
+    """Top-1/top-5 of `model` (a reference XCLIP or EVL) on `samples`. With world > 1 each process
+    takes every world-th sample and the counts are summed with all_reduce (a process group must
+    exist). EVL: `model_labels` are the model's class names (None: the label set is its classes in
+    order); the tokenizer is not used."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     c = model.config
     shard = samples[rank::world]
-    loader = DataLoader(ClipDataset(shard, c.num_frames, c.image_size, train=False, views=views),
+    evl = getattr(c, "family", "xclip") == "evl"
+    if evl:
+        from .evl import evl_spec
+
+        columns = torch.as_tensor(evl_columns(labels, model_labels, c.num_classes), device=device)
+    loader = DataLoader(ClipDataset(shard, c.num_frames, c.image_size, train=False, views=views,
+                                    preprocessing=evl_spec(c) if evl else None),
                         batch_size=batch_size, num_workers=workers, collate_fn=collate)
-    ids = tokenizer(labels, context_length=c.context_length).to(device)
-    text = model.encode_text(ids)
+    if not evl:
+        ids = tokenizer(labels, context_length=c.context_length).to(device)
+        text = model.encode_text(ids)
     k5 = min(5, len(labels))
     correct1 = correct5 = n = failed = 0
     predictions = []
@@ -57,7 +87,10 @@ def evaluate_model(model, samples, labels: list[str], tokenizer: ClipTokenizer, 
             continue
         px = b["pixels"]                                                  # [B, V, T, 3, S, S]
         nb, nv = px.shape[:2]
-        probs = model(px.flatten(0, 1).to(device), text).float().softmax(-1)   # [B*V, K]
+        if evl:   # softmax over the model's classes, then the columns of the labels CSV's
+            probs = model(px.flatten(0, 1).to(device)).float().softmax(-1)[:, columns]
+        else:
+            probs = model(px.flatten(0, 1).to(device), text).float().softmax(-1)   # [B*V, K]
         probs = average_views(probs, [nv] * nb)                            # [B, K], mean of the views
         top = probs.topk(k5, dim=-1).indices.cpu()                         # [B, k]
         y = b["labels"]
@@ -75,6 +108,34 @@ def evaluate_model(model, samples, labels: list[str], tokenizer: ClipTokenizer, 
             "failed": failed, "views": views, "predictions": predictions if world == 1 else None}
 
 
+@torch.inference_mode()
+def evaluate_taps(model, cache, num_labels: int, batch_size: int = 64, device=None, rank: int = 0,
+                  world: int = 1) -> dict:
+    """Top-1/top-5 of an EVL on a train.evl.TapCache (its clips' cached backbone taps, 1x1 views):
+    what evaluate_model gives for the same clips, without running the backbone again. With
+    world > 1 the cache holds this process's share and the counts are summed."""
+    from .evl import logits_from_taps
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    k5 = min(5, num_labels)
+    ok = [i for i in range(len(cache)) if i not in cache.errors]
+    correct1 = correct5 = 0
+    for start in range(0, len(ok), batch_size):
+        idx = ok[start:start + batch_size]
+        top = logits_from_taps(model, cache.taps[idx].to(device)).float().topk(k5, dim=-1).indices.cpu()
+        y = torch.tensor([cache.samples[i].label for i in idx])
+        correct1 += int((top[:, 0] == y).sum())
+        correct5 += int((top == y[:, None]).any(-1).sum())
+    n, failed = len(ok), len(cache.errors)
+    if world > 1:
+        t = torch.tensor([correct1, correct5, n, failed], dtype=torch.float64,
+                         device=device if device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        correct1, correct5, n, failed = (int(v) for v in t.tolist())
+    return {"top1": correct1 / n if n else 0.0, "top5": correct5 / n if n else 0.0, "topk": k5, "n": n,
+            "failed": failed, "views": "1x1", "predictions": None}
+
+
 def evaluate(source: str, list_path: str, labels_path: str, root: str | None = None, views: str = "1x1",
              batch_size: int = 8, workers: int = 0, device: str | None = None, strict: bool = False,
              report=None) -> dict:
@@ -84,9 +145,12 @@ def evaluate(source: str, list_path: str, labels_path: str, root: str | None = N
     samples = read_list(list_path, len(labels), root, strict, report=report)
     dev = default_device(device)
     model = loaded.model.to(dev).eval()
-    tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
+    if getattr(model.config, "family", "xclip") == "evl":
+        tokenizer = None
+    else:
+        tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
     res = evaluate_model(model, samples, labels, tokenizer, views=views, batch_size=batch_size, workers=workers,
-                         device=dev, report=report, strict=strict)
+                         device=dev, report=report, strict=strict, model_labels=loaded.labels)
     trained = set(loaded.labels or [])
     res.update(model=loaded.origin, list=os.path.abspath(list_path), labels=os.path.abspath(labels_path),
                num_classes=len(labels),

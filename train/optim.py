@@ -23,7 +23,10 @@ import math
 import torch
 from torch import nn
 
-NEW_MODULE_KEYS = ("message_", "mit.", "prompts_")
+# EVL (train/evl.py): its temporal modules (`temporal.N.{conv, pos, w_prev, w_next}`) start at zero
+# and must grow to the scale of the frozen backbone's features to carry frame order: they take
+# lr x new_lr_mult too; its decoder and head train at lr. No X-CLIP parameter name holds "temporal.".
+NEW_MODULE_KEYS = ("message_", "mit.", "prompts_", "temporal.")
 NO_DECAY_KEYS = ("positional_embedding",)
 TEXT_KEYS = ("text.",)   # our module name of the CLIP text tower; logit_scale freezes with it (official)
 

@@ -12,6 +12,12 @@ DistributedDataParallel; each process reads its share of every epoch through Dis
 The loss is normalised by the number of clips in the whole global window (all processes, all
 accumulation steps), so 1 process with batch 2B and 2 processes with batch B compute the same
 update. Only rank 0 logs, writes metrics and saves checkpoints.
+
+EVL (model.family evl, or an EVL model.arch; train/evl.py): the same loop trains EVL's decoder,
+temporal modules and head on the class logits with the same loss (no text tower: the label set
+only fixes the number of classes and is saved with the model), its frozen backbone filled from
+model.backbone and left out of the optimizer; training clips follow EVL's stride sampling with a
+random start, evaluation EVL's test-time preprocessing.
 """
 
 from __future__ import annotations
@@ -28,16 +34,29 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from xclip_engine.engine.checkpoint import CheckpointError, load_model
-from xclip_engine.engine.config import XCLIPConfig, get_config
-from xclip_engine.engine.model import XCLIP
+from xclip_engine.engine.config import REGISTRY, EVLConfig, XCLIPConfig, config_from_dict, get_entry
+from xclip_engine.engine.model import EVL, XCLIP
 from xclip_engine.engine.tokenizer import ClipTokenizer
 
 from . import checkpoint as ckpt
+from . import evl as evl_train
 from .config import ConfigError, RunConfig, write_config
 from .data import ClipDataset, DataError, EpochSampler, collate, read_labels, read_list
-from .evaluate import evaluate_model
+from .evaluate import evaluate_model, evaluate_taps
 from .optim import build_optimizer, build_scheduler, freeze_text, mix_batch, soft_cross_entropy_sum, soft_targets
 from .run_env import Dist, RunLog, setup_distributed
+
+
+class EVLStep(nn.Module):
+    """What DDP wraps for EVL: logits [B, K] from the pixels (the label ids are not used)."""
+
+    def __init__(self, model: EVL, from_taps: bool = False):
+        super().__init__()
+        self.model, self.from_taps = model, from_taps
+
+    def forward(self, pixels, ids=None):
+        # with train.cache_taps the batch holds the backbone's cached taps, not pixels
+        return evl_train.logits_from_taps(self.model, pixels) if self.from_taps else self.model(pixels)
 
 
 class TrainStep(nn.Module):
@@ -67,34 +86,106 @@ def _vocab_dir(source: str | None) -> str | None:
     return None
 
 
-def scratch_config(cfg: RunConfig) -> XCLIPConfig:
+def scratch_family(cfg: RunConfig) -> str:
+    """The family a from-scratch run builds: model.family, else its arch's."""
+    m = cfg.model
     try:
-        base = get_config(cfg.model.arch)
-        return XCLIPConfig.from_dict({**base.to_dict(), **cfg.model.config})
+        arch_family = get_entry(m.arch).family if m.arch else None
+    except KeyError as e:
+        raise ConfigError(f"model.arch: {e.args[0]}") from None
+    family = m.family or arch_family or "xclip"
+    if m.arch and arch_family != family and not (family == "evl" and m.arch == "xclip-tiny-test"):
+        example = "evl-tiny-test" if family == "evl" else "xclip-tiny-test"
+        raise ConfigError(f"model.arch = {m.arch!r} is an {arch_family} architecture but model.family is "
+                          f"{family!r}; give an {family} arch (e.g. {example})")
+    return family
+
+
+def scratch_config(cfg: RunConfig, num_labels: int | None = None) -> XCLIPConfig | EVLConfig:
+    """The from-scratch model config: model.arch's (for family evl with the default X-CLIP arch:
+    evl-tiny-test's) with model.config's fields over it. EVL: num_classes follows the label set
+    (`num_labels`) unless model.config gives it, and then the two must agree."""
+    family = scratch_family(cfg)
+    arch = cfg.model.arch
+    if family == "evl" and (not arch or REGISTRY[arch].family != "evl"):
+        arch = "evl-tiny-test"
+    fields = dict(cfg.model.config)
+    if family == "evl" and num_labels is not None:
+        given = fields.get("num_classes")
+        if given is not None and given != num_labels:
+            raise ConfigError(f"model.config.num_classes = {given!r}, but data.labels has {num_labels} classes; "
+                              f"set model.config.num_classes: {num_labels} or leave it out")
+        fields["num_classes"] = num_labels
+    try:
+        base = get_entry(arch).config
+        return config_from_dict({**base.to_dict(), **fields}, family, origin="model.arch / model.config")
     except (KeyError, ValueError, TypeError) as e:
-        raise ConfigError(f"model.arch / model.config: {e}") from None
+        msg = str(e.args[0]) if isinstance(e, KeyError) else str(e)
+        raise ConfigError(msg if msg.startswith("model.") else f"model.arch / model.config: {msg}") from None
 
 
-def build_model(cfg: RunConfig, resume_state: dict | None) -> XCLIP:
-    """From the checkpoint being resumed, from model.source, or from scratch (seeded)."""
+def _check_family_options(cfg: RunConfig, family: str) -> None:
+    m = cfg.model
+    if family == "evl":
+        for key, value in (("model.freeze_text", m.freeze_text), ("model.logit_scale", m.logit_scale)):
+            if value not in (None, False):
+                raise ConfigError(f"{key} = {value!r} is an X-CLIP option; EVL has no text tower (remove it)")
+    else:
+        for key, value in (("model.backbone", m.backbone), ("train.backbone_bf16", cfg.train.backbone_bf16),
+                           ("train.cache_taps", cfg.train.cache_taps)):
+            if value not in (None, False):
+                raise ConfigError(f"{key} = {value!r} is an EVL option; this run trains X-CLIP (set model.family: evl "
+                                  "or an EVL model.arch)")
+
+
+def build_model(cfg: RunConfig, resume_state: dict | None, num_labels: int | None = None,
+                log=None) -> XCLIP | EVL:
+    """From the checkpoint being resumed, from model.source, or from scratch (seeded); an EVL from
+    scratch gets its backbone from model.backbone."""
     torch.manual_seed(cfg.train.seed)
     if resume_state is not None:
-        config = XCLIPConfig.from_dict(resume_state["config"])
-        if cfg.model.source is None and config != scratch_config(cfg):
+        try:
+            config = config_from_dict(resume_state["config"], resume_state.get("family", "xclip"),
+                                      resume_state["path"])
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        if cfg.model.source is None and config != scratch_config(cfg, num_labels):
             raise CheckpointError(f"{resume_state['path']}: its model config differs from the run config's "
                                   "(model.arch / model.config); resume with the config the run started with")
-        model = XCLIP(config)
+        _check_family_options(cfg, config.family)
+        model = EVL(config) if config.family == "evl" else XCLIP(config)
         model.load_state_dict(resume_state["model"], strict=True)
         return model
     if cfg.model.source:
+        if cfg.model.backbone:
+            raise ConfigError("model.backbone fills the backbone of an EVL trained from scratch; a model.source "
+                              "checkpoint brings its own (remove one of the two)")
         if cfg.model.config:
             raise ConfigError("model.config applies to a model trained from scratch; with model.source "
                               "the architecture comes from the checkpoint (remove one of the two)")
         if cfg.model.logit_scale is not None:
             raise ConfigError("model.logit_scale sets the start of a model trained from scratch; a model.source "
                               "checkpoint brings its own learned scale (remove one of the two)")
-        return load_model(cfg.model.source).model
-    model = XCLIP(scratch_config(cfg))
+        model = load_model(cfg.model.source).model
+        family = model.config.family
+        if cfg.model.family and cfg.model.family != family:
+            raise ConfigError(f"model.family = {cfg.model.family!r}, but model.source = {cfg.model.source!r} is "
+                              f"an {family} model")
+        _check_family_options(cfg, family)
+        if family == "evl" and num_labels is not None and model.config.num_classes != num_labels:
+            raise ConfigError(f"model.source = {cfg.model.source!r} classifies {model.config.num_classes} classes, "
+                              f"data.labels has {num_labels}; an EVL head is trained for its own label set")
+        return model
+    config = scratch_config(cfg, num_labels)
+    _check_family_options(cfg, config.family)
+    if config.family == "evl":
+        model = EVL(config)
+        if cfg.model.backbone:
+            evl_train.load_backbone(model, cfg.model.backbone, cfg.model.backbone_fold_norm, log=log)
+        elif log is not None:
+            log("model.backbone is not set: the EVL backbone keeps its random initialisation")
+        return model
+    model = XCLIP(config)
     if cfg.model.logit_scale is not None:
         # From scratch with random (or frozen random) text features, every class's text feature starts
         # close to every other's (cosine ~0.97 between labels that differ in one word), so at CLIP's
@@ -150,11 +241,19 @@ class _Training:
                                            report=log.warn if d.rank == 0 else None)
         if state is not None and state["labels"] != labels:
             raise CheckpointError(f"{state['path']}: trained on a different label set than {cfg.data.labels}")
-        self.model = model = build_model(cfg, state).to(d.device)
+        self.model = model = build_model(cfg, state, len(labels), log=log.info).to(d.device)
         c = model.config
-        model.visual.gradient_checkpointing = cfg.model.gradient_checkpointing
-        if cfg.model.freeze_text:
-            freeze_text(model)
+        self.family = c.family
+        if self.family == "evl":
+            if cfg.model.gradient_checkpointing:
+                raise ConfigError("model.gradient_checkpointing applies to X-CLIP; EVL's backbone keeps no "
+                                  "activations (it runs without autograd) and its decoder is small")
+            evl_train.freeze_backbone(model)
+            evl_train.backbone_in_bf16(model, t.backbone_bf16)
+        else:
+            model.visual.gradient_checkpointing = cfg.model.gradient_checkpointing
+            if cfg.model.freeze_text:
+                freeze_text(model)
         self.sampler = EpochSampler(len(samples), t.batch_size, t.accumulation_steps, d.rank, d.world, t.seed)
         self.upe = upe = self.sampler.updates_per_epoch
         if upe == 0:
@@ -173,21 +272,38 @@ class _Training:
         self.step, self.epoch, self.pos, self.best = 0, 0, 0, {}
         if state is not None:
             self._restore(state)
-        self.step_module = TrainStep(model, frozen_text=cfg.model.freeze_text)
+        self.tap_cache = self.family == "evl" and t.cache_taps
+        self.step_module = (EVLStep(model, from_taps=self.tap_cache) if self.family == "evl"
+                            else TrainStep(model, frozen_text=cfg.model.freeze_text))
         if d.active:
             self.step_module = nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-        self.vocab = _vocab_dir(cfg.model.source)
-        self.tokenizer = ClipTokenizer.from_folder(self.vocab) if self.vocab else ClipTokenizer()
-        self.ids = self.tokenizer(labels, context_length=c.context_length).to(d.device)
-        self.dataset = ClipDataset(samples, c.num_frames, c.image_size, train=True, aug=cfg.data, seed=t.seed)
-        if cfg.data.cache:
+        if self.family == "evl":   # no text tower: the label set is the head's classes
+            self.vocab, self.tokenizer, self.ids = None, None, None
+        else:
+            self.vocab = _vocab_dir(cfg.model.source)
+            self.tokenizer = ClipTokenizer.from_folder(self.vocab) if self.vocab else ClipTokenizer()
+            self.ids = self.tokenizer(labels, context_length=c.context_length).to(d.device)
+        self.val_cache = None
+        if self.tap_cache:
+            t_cache = time.time()
+            self.dataset = evl_train.TapCache(model, samples, evl_train.evl_spec(c), batch_size=t.eval_batch_size,
+                                              workers=cfg.data.workers)
+            log.info(f"train.cache_taps: the backbone's taps of {len(samples)} training clips computed once "
+                     f"({self.dataset.nbytes / 2**30:.2f} GiB) in {time.time() - t_cache:.0f} s")
+        else:
+            self.dataset = ClipDataset(samples, c.num_frames, c.image_size, train=True, aug=cfg.data, seed=t.seed,
+                                       preprocessing=evl_train.evl_spec(c) if self.family == "evl" else None)
+        if cfg.data.cache and not self.tap_cache:
             t_cache = time.time()
             nbytes = self.dataset.cache_frames(threads=max(1, cfg.data.workers))
             log.info(f"data.cache: decoded {len(samples)} videos into memory ({nbytes / 2**30:.2f} GiB) "
                      f"in {time.time() - t_cache:.0f} s")
         ntrain = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info(f"training {ntrain / 1e6:.2f} M parameters on {len(samples)} videos, {len(labels)} classes, "
+        nfrozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        frozen = f" ({nfrozen / 1e6:.2f} M frozen)" if nfrozen else ""
+        log.info(f"training {ntrain / 1e6:.2f} M parameters of {self.family}{frozen} on {len(samples)} videos, "
+                 f"{len(labels)} classes, "
                  f"{d.world} process(es) on {d.device}, global batch {t.batch_size * d.world * t.accumulation_steps}, "
                  f"{upe} updates per epoch, {total} in all; run folder {out}")
         self.reported: set = set()
@@ -229,7 +345,7 @@ class _Training:
             # it. Forking workers over gigabytes of cached arrays stalled them (seen: a worker idle for
             # minutes), and their copies would only compete with the model for the cores.
             loader = DataLoader(self.dataset, batch_size=t.batch_size, sampler=self.sampler,
-                                num_workers=0 if cfg.data.cache else cfg.data.workers,
+                                num_workers=0 if cfg.data.cache or self.tap_cache else cfg.data.workers,
                                 collate_fn=collate, pin_memory=self.d.device.type == "cuda")
             batches = iter(loader)
             for upd in range(self.pos, self.upe):
@@ -257,7 +373,8 @@ class _Training:
         for m, b in enumerate(micro):
             sync = contextlib.nullcontext() if not d.active or m == len(micro) - 1 else self.step_module.no_sync()
             if b["pixels"] is None:   # every clip of this micro-batch failed: keep DDP in step
-                pixels = torch.zeros(1, c.num_frames, 3, c.image_size, c.image_size)
+                pixels = (torch.zeros(1, *self.dataset.taps.shape[1:]) if self.tap_cache
+                          else torch.zeros(1, c.num_frames, 3, c.image_size, c.image_size))
             else:
                 pixels = b["pixels"]
                 targets = soft_targets(b["labels"], len(self.labels), t.label_smoothing)
@@ -320,8 +437,17 @@ class _Training:
         the checkpoint that resumes after update `upd` (rank 0)."""
         t, cfg = self.cfg.train, self.cfg
         if done_epoch and cfg.data.val_list and ((self.epoch + 1) % t.eval_every == 0 or self.epoch + 1 == t.epochs):
+            if self.tap_cache and self.val_cache is None:
+                t_cache = time.time()
+                samples = read_list(cfg.data.val_list, len(self.labels), cfg.data.root, cfg.data.strict,
+                                    report=self.log.warn if self.d.rank == 0 else None)
+                self.val_cache = evl_train.TapCache(self.model, samples[self.d.rank::self.d.world],
+                                                    evl_train.evl_spec(self.model.config),
+                                                    batch_size=t.eval_batch_size, workers=cfg.data.workers)
+                self.log.info(f"train.cache_taps: the taps of {len(samples)} validation clips computed in "
+                              f"{time.time() - t_cache:.0f} s")
             self.best = _validate(cfg, self.model, self.labels, self.tokenizer, self.d, self.log, self.step,
-                                  self.epoch, self.best)
+                                  self.epoch, self.best, self.val_cache)
         next_epoch, next_pos = (self.epoch + 1, 0) if done_epoch else (self.epoch, upd + 1)
         if self.d.rank == 0:
             ckpt.save_training_checkpoint(os.path.join(self.out, ckpt.CHECKPOINT_NAME), self.model, self.labels,
@@ -333,10 +459,17 @@ class _Training:
         model_dir = os.path.join(self.out, "model")
         if self.d.rank == 0:
             ckpt.export_model(self.model, model_dir, self.labels, self.vocab, trained_steps=self.step,
-                              run_folder=self.out)
+                              run_folder=self.out, **_model_info(self.model))
             self.log.info(f"model saved to {model_dir} (xe.load({model_dir!r}))")
         return {"step": self.step, "loss": self.last_loss, "out": self.out, "model_dir": model_dir,
                 "best": self.best}
+
+
+def _model_info(model) -> dict:
+    """Extra metadata saved with a model: an EVL states its test-time preprocessing."""
+    if getattr(model.config, "family", "xclip") == "evl":
+        return {"preprocessing": evl_train.evl_spec(model.config)}
+    return {}
 
 
 def _changed_settings(saved: dict, now: dict) -> list[str]:
@@ -348,13 +481,17 @@ def _changed_settings(saved: dict, now: dict) -> list[str]:
             if k not in expected and saved.get(sec, {}).get(k, v) != v]
 
 
-def _validate(cfg, model, labels, tokenizer, d: Dist, log: RunLog, step: int, epoch: int, best: dict) -> dict:
-    samples = read_list(cfg.data.val_list, len(labels), cfg.data.root, cfg.data.strict,
-                        report=log.warn if d.rank == 0 else None)
+def _validate(cfg, model, labels, tokenizer, d: Dist, log: RunLog, step: int, epoch: int, best: dict,
+              val_cache=None) -> dict:
     model.eval()
-    res = evaluate_model(model, samples, labels, tokenizer, views=cfg.train.eval_views,
-                         batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers, device=d.device,
-                         rank=d.rank, world=d.world, report=log.warn, strict=cfg.data.strict)
+    if val_cache is not None:   # EVL with train.cache_taps: 1x1 views from the cached taps
+        res = evaluate_taps(model, val_cache, len(labels), cfg.train.eval_batch_size, d.device, d.rank, d.world)
+    else:
+        samples = read_list(cfg.data.val_list, len(labels), cfg.data.root, cfg.data.strict,
+                            report=log.warn if d.rank == 0 else None)
+        res = evaluate_model(model, samples, labels, tokenizer, views=cfg.train.eval_views,
+                             batch_size=cfg.train.eval_batch_size, workers=cfg.data.workers, device=d.device,
+                             rank=d.rank, world=d.world, report=log.warn, strict=cfg.data.strict)
     model.train()
     log.metrics({"step": step, "epoch": epoch + 1, "val_top1": res["top1"], "val_top5": res["top5"],
                  "val_n": res["n"], "views": cfg.train.eval_views})
@@ -363,5 +500,5 @@ def _validate(cfg, model, labels, tokenizer, d: Dist, log: RunLog, step: int, ep
         best = {"top1": res["top1"], "top5": res["top5"], "step": step, "epoch": epoch + 1}
         if d.rank == 0:
             ckpt.export_model(model, os.path.join(cfg.train.out, "best"), labels, _vocab_dir(cfg.model.source),
-                              trained_steps=step, val_top1=res["top1"], val_top5=res["top5"])
+                              trained_steps=step, val_top1=res["top1"], val_top5=res["top5"], **_model_info(model))
     return best

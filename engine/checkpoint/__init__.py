@@ -43,6 +43,14 @@ def _from_hub(name: str) -> str:
             "and pass DIR as the model.") from None
 
 
+def bundled_path(folder: str) -> str:
+    """The folder of engine/assets/ holding a model that ships with the package."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", folder)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"the bundled model folder {path} is missing; reinstall xclip-engine")
+    return path
+
+
 def load_model(source: str, arch: str | None = None, random_init: bool = False,
                backbone: str | None = None) -> Loaded:
     """Read `source` into a reference model (XCLIP or EVL) in eval mode. See the module docstring for
@@ -57,6 +65,8 @@ def load_model(source: str, arch: str | None = None, random_init: bool = False,
                                           "(backbone= goes with an official EVL .pth)")
                 raise CheckpointError(f"{source} names an architecture only (no weights to go with the backbone "
                                       f"{backbone}): load the official EVL .pth with backbone=")
+            if entry.bundled and not random_init:   # weights shipped with the package (engine/assets/)
+                return read_checkpoint(bundled_path(entry.bundled), arch)
             if random_init or entry.hub_id is None:
                 if not random_init:   # a name with no released weights: say so, unless asked for
                     warnings.warn(f"{source}: random weights (no checkpoint loaded)", stacklevel=2)
