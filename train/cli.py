@@ -65,10 +65,14 @@ def train_cmd(config, overrides, resume, strict, quiet):
 @click.command("eval", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("model")
 @click.argument("overrides", nargs=-1)
+@click.option("--backbone", default=None, metavar="CLIP",
+              help="EVL: the CLIP backbone of an official EVL .pth (as for infer).")
 @click.option("--list", "list_path", required=True, help="Test list, official format: `path label_id` per line.")
 @click.option("--labels", "labels_path", required=True, help="Labels CSV (id,name) that the list's ids refer to.")
 @click.option("--root", default=None, help="Folder the list paths are relative to (default: the list's folder).")
-@click.option("--views", default="1x1", show_default=True, help="1x1 (one center crop) or 4x3 (4 clips x 3 crops).")
+@click.option("--views", default=None, metavar="NxM",
+              help="N clips x M crops: 1x1, 4x3 (X-CLIP's multi-view test), 3x1 (EVL's). Default: the model's own "
+                   "(X-CLIP 1x1, EVL 3x1).")
 @click.option("--batch-size", default=8, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="Decoding processes.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when present).")
@@ -79,7 +83,7 @@ def train_cmd(config, overrides, resume, strict, quiet):
 @click.option("--config", "config_path", default=None, help="Few-shot: run config for the fine-tuning.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Few-shot: which K clips are drawn.")
 @click.option("--json", "json_out", default=None, help="Also write the result as JSON to this file.")
-def eval_cmd(model, overrides, list_path, labels_path, root, views, batch_size, workers, device, strict,
+def eval_cmd(model, overrides, backbone, list_path, labels_path, root, views, batch_size, workers, device, strict,
              few_shot_k, train_list, config_path, seed, json_out):
     """Top-1/top-5 accuracy of MODEL on a test list (fully supervised, zero-shot, or few-shot).
 
@@ -94,6 +98,9 @@ def eval_cmd(model, overrides, list_path, labels_path, root, views, batch_size, 
         if few_shot_k is not None:
             if not train_list:
                 raise ConfigError("--few-shot K needs --train-list FILE (the clips to draw K per class from)")
+            if backbone is not None:
+                raise ConfigError("--few-shot trains from MODEL alone; for an official EVL .pth with a separate "
+                                  "backbone, save it as one model first (xe.save_model) and pass that")
             cfg = load_run_config(config_path, list(overrides))
             cfg.data.workers = workers
             res = few_shot(model, train_list, list_path, labels_path, few_shot_k, cfg, root=root, views=views,
@@ -103,7 +110,7 @@ def eval_cmd(model, overrides, list_path, labels_path, root, views, batch_size, 
                 raise ConfigError(f"unexpected arguments {list(overrides)}; key=value overrides apply to "
                                   "--few-shot runs only")
             res = evaluate(model, list_path, labels_path, root=root, views=views, batch_size=batch_size,
-                           workers=workers, device=device, strict=strict, report=report)
+                           workers=workers, device=device, strict=strict, report=report, backbone=backbone)
     except errors as e:
         _fail(e)
     unseen = res.get("unseen_labels")
@@ -112,7 +119,7 @@ def eval_cmd(model, overrides, list_path, labels_path, root, views, batch_size, 
             else "supervised")
     skipped = f", {res['failed']} skipped" if res["failed"] else ""
     click.echo(f"{mode}: top-1 {res['top1']:.2%}  top-{res['topk']} {res['top5']:.2%}  on {res['n']} videos "
-               f"({views} views{skipped})")
+               f"({res.get('views') or views} views{skipped})")
     if json_out:
         with open(json_out, "w", encoding="utf-8") as f:
             json.dump({k: v for k, v in res.items() if k != "predictions"} | {"mode": mode,

@@ -136,23 +136,28 @@ def evaluate_taps(model, cache, num_labels: int, batch_size: int = 64, device=No
             "failed": failed, "views": "1x1", "predictions": None}
 
 
-def evaluate(source: str, list_path: str, labels_path: str, root: str | None = None, views: str = "1x1",
+def evaluate(source: str, list_path: str, labels_path: str, root: str | None = None, views: str | None = None,
              batch_size: int = 8, workers: int = 0, device: str | None = None, strict: bool = False,
-             report=None) -> dict:
-    """Load a model (any source load_model reads) and evaluate it on a list file + labels CSV."""
-    loaded = load_model(source)
+             report=None, backbone: str | None = None) -> dict:
+    """Load a model (any source load_model reads; `backbone`: an official EVL .pth's CLIP) and
+    evaluate it on a list file + labels CSV. `views` None: the model's own (X-CLIP 1x1, EVL 3x1)."""
+    loaded = load_model(source, backbone=backbone)
     labels = read_labels(labels_path)
     samples = read_list(list_path, len(labels), root, strict, report=report)
     dev = default_device(device)
     model = loaded.model.to(dev).eval()
     if getattr(model.config, "family", "xclip") == "evl":
+        from xclip_engine.engine.config import evl_preprocessing
+
         tokenizer = None
+        views = evl_preprocessing(model.config)["views"] if views is None else views
     else:
+        views = "1x1" if views is None else views
         tokenizer = ClipTokenizer.from_folder(loaded.vocab_dir) if loaded.vocab_dir else ClipTokenizer()
     res = evaluate_model(model, samples, labels, tokenizer, views=views, batch_size=batch_size, workers=workers,
                          device=dev, report=report, strict=strict, model_labels=loaded.labels)
     trained = set(loaded.labels or [])
-    res.update(model=loaded.origin, list=os.path.abspath(list_path), labels=os.path.abspath(labels_path),
+    res.update(model=loaded.origin, views=views, list=os.path.abspath(list_path), labels=os.path.abspath(labels_path),
                num_classes=len(labels),
                # labels the model never trained on: all of them for zero-shot, none when fully supervised
                unseen_labels=sum(lab not in trained for lab in labels) if loaded.labels is not None else None)

@@ -184,3 +184,13 @@ def test_doctor_on_the_two_file_layout(evl):
     assert "evl" in json.dumps(report).lower()
     r = run("doctor", "--model", evl / "evl.pth")
     assert r.exit_code == 2 and "pass its CLIP backbone" in r.stderr
+
+
+def test_eval_of_the_two_file_layout_uses_its_own_views(evl, tmp_path):
+    (tmp_path / "test.txt").write_text(f"{evl / 'videos' / 'a.mp4'} 0\n{evl / 'videos' / 'b.webm'} 3\n")
+    (tmp_path / "labels.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(NAMES)))
+    r = run("eval", evl / "evl.pth", "--backbone", evl / "clip-b.pt", "--list", tmp_path / "test.txt",
+            "--labels", tmp_path / "labels.csv", "--json", tmp_path / "res.json")
+    assert r.exit_code == 0, r.output
+    assert "on 2 videos (3x1 views)" in r.stdout
+    assert json.loads((tmp_path / "res.json").read_text())["n"] == 2
