@@ -1,4 +1,4 @@
-"""xclip-engine: X-CLIP video recognition.
+"""xclip-engine: video recognition with CLIP-derived models (X-CLIP, EVL).
 
     import xclip_engine as xe
     m = xe.load("path/to/xclip-folder")
