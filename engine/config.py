@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 # Official test-time preprocessing (VideoX X-CLIP/datasets/build.py): ImageNet mean/std on 0..255.
 IMAGE_MEAN = (123.675, 116.28, 103.53)
@@ -24,6 +25,9 @@ class ModelConfig:
 
     family = ""        # "xclip" | "evl": which model definition a config builds
     family_name = ""   # as messages name it
+    INT_RANGES: ClassVar[dict] = {}     # field -> (lowest, highest) accepted: far above every release, far below absurd
+    FLOAT_RANGES: ClassVar[dict] = {}
+    SIZE_NOTE = ""            # a released size, for the too-large message
 
     @property
     def grid(self) -> int:
@@ -41,6 +45,54 @@ class ModelConfig:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    def validate(self, origin: str = "config", names: dict[str, str] | None = None):
+        """Check types, ranges and the shape rules the model relies on, before anything is built.
+
+        A config read from a file can say anything: a string where a size goes, a zero patch, or
+        sizes that would take minutes and gigabytes to build before the weights are even looked at.
+        `names` maps our field names to the file's own (transformers' `vision_config.patch_size`),
+        so that the message names what the user has to edit. Returns self.
+        """
+        names = names or {}
+
+        def name(f):
+            return names.get(f, f)
+
+        for f, (lo, hi) in self.INT_RANGES.items():
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{origin}: {name(f)} is {v!r} ({type(v).__name__}); expected a whole number "
+                                  f"from {lo} to {hi}")
+            if not lo <= v <= hi:
+                raise ConfigError(f"{origin}: {name(f)} is {v}; expected a whole number from {lo} to {hi}")
+        for f, (lo, hi) in self.FLOAT_RANGES.items():
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{origin}: {name(f)} is {v!r}; expected a number")
+            if not lo <= v <= hi:
+                raise ConfigError(f"{origin}: {name(f)} is {v}; expected a number from {lo} to {hi}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"{origin}: {name('image_size')} = {self.image_size} is not a multiple of "
+                              f"{name('patch_size')} = {self.patch_size}")
+        self.check_shapes(origin, name)
+        n = self.approx_parameters()
+        if n > MAX_PARAMETERS:
+            raise ConfigError(f"{origin}: this config describes a model of about {n / 1e9:.1f} billion parameters "
+                              f"(at most {MAX_PARAMETERS / 1e9:.0f} billion are accepted; {self.SIZE_NOTE}); "
+                              "check the sizes in the file")
+        return self
+
+    def check_heads(self, width: str, heads: str, origin: str, name) -> None:
+        if getattr(self, width) % getattr(self, heads):
+            raise ConfigError(f"{origin}: {name(heads)} = {getattr(self, heads)} does not divide "
+                              f"{name(width)} = {getattr(self, width)}; each attention head takes an equal share")
+
+    def check_shapes(self, origin: str, name) -> None:
+        """The family's own shape rules (heads dividing widths, ...); `name` maps a field to the file's."""
+
+    def approx_parameters(self) -> int:
+        raise NotImplementedError
 
     @classmethod
     def from_dict(cls, d: dict, origin: str = "config"):
@@ -81,49 +133,14 @@ class XCLIPConfig(ModelConfig):
     prompt_alpha: float = 0.1
     layer_norm_eps: float = 1e-5
 
-    family = "xclip"   # a class attribute, not a field: which model definition a config builds
+    family = "xclip"   # class attributes, not fields: which model definition a config builds, ...
     family_name = "X-CLIP"
+    SIZE_NOTE = "X-CLIP L/14 has about 0.5"
 
-    def validate(self, origin: str = "config", names: dict[str, str] | None = None) -> XCLIPConfig:
-        """Check types, ranges and the shape rules the model relies on, before anything is built.
-
-        A config read from a file can say anything: a string where a size goes, a zero patch, or
-        sizes that would take minutes and gigabytes to build before the weights are even looked at.
-        `names` maps our field names to the file's own (transformers' `vision_config.patch_size`),
-        so that the message names what the user has to edit. Returns self.
-        """
-        names = names or {}
-
-        def name(f):
-            return names.get(f, f)
-
-        for f, (lo, hi) in _INT_RANGES.items():
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"{origin}: {name(f)} is {v!r} ({type(v).__name__}); expected a whole number "
-                                  f"from {lo} to {hi}")
-            if not lo <= v <= hi:
-                raise ConfigError(f"{origin}: {name(f)} is {v}; expected a whole number from {lo} to {hi}")
-        for f, (lo, hi) in _FLOAT_RANGES.items():
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"{origin}: {name(f)} is {v!r}; expected a number")
-            if not lo <= v <= hi:
-                raise ConfigError(f"{origin}: {name(f)} is {v}; expected a number from {lo} to {hi}")
+    def check_shapes(self, origin: str, name) -> None:
         for width, heads in (("vision_width", "vision_heads"), ("text_width", "text_heads"),
                              ("embed_dim", "mit_heads"), ("embed_dim", "prompt_heads")):
-            if getattr(self, width) % getattr(self, heads):
-                raise ConfigError(f"{origin}: {name(heads)} = {getattr(self, heads)} does not divide "
-                                  f"{name(width)} = {getattr(self, width)}; each attention head takes an equal share")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"{origin}: {name('image_size')} = {self.image_size} is not a multiple of "
-                              f"{name('patch_size')} = {self.patch_size}")
-        n = self.approx_parameters()
-        if n > MAX_PARAMETERS:
-            raise ConfigError(f"{origin}: this config describes a model of about {n / 1e9:.1f} billion parameters "
-                              f"(at most {MAX_PARAMETERS / 1e9:.0f} billion are accepted; X-CLIP L/14 has about 0.5); "
-                              "check the sizes in the file")
-        return self
+            self.check_heads(width, heads, origin, name)
 
     def approx_parameters(self) -> int:
         """Roughly how many parameters the model has (12 w^2 per transformer layer, embeddings, the
@@ -149,6 +166,7 @@ _INT_RANGES = {
     "mit_layers": (0, 64), "mit_heads": (1, 1024), "prompt_layers": (0, 64), "prompt_heads": (1, 1024),
 }
 _FLOAT_RANGES = {"prompt_alpha": (-1e3, 1e3), "layer_norm_eps": (1e-12, 1.0)}
+XCLIPConfig.INT_RANGES, XCLIPConfig.FLOAT_RANGES = _INT_RANGES, _FLOAT_RANGES
 MAX_PARAMETERS = 4_000_000_000
 
 
@@ -212,43 +230,22 @@ class EVLConfig(ModelConfig):
     frame_stride: int = 16
     layer_norm_eps: float = 1e-5
 
-    family = "evl"   # a class attribute, not a field: which model definition a config builds
+    family = "evl"   # class attributes, not fields: which model definition a config builds, ...
     family_name = "EVL"
+    SIZE_NOTE = "EVL L/14 has about 0.35"
 
-    def validate(self, origin: str = "config", names: dict[str, str] | None = None) -> EVLConfig:
-        """Types, ranges and shape rules, before anything is built (as XCLIPConfig.validate)."""
-        names = names or {}
-
-        def name(f):
-            return names.get(f, f)
-
-        for f, (lo, hi) in _EVL_INT_RANGES.items():
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise ConfigError(f"{origin}: {name(f)} is {v!r}; expected a whole number from {lo} to {hi}")
-        for f, (lo, hi) in (("decoder_mlp_ratio", (0.01, 64.0)), ("decoder_dropout", (0.0, 0.99)),
-                            ("layer_norm_eps", (1e-12, 1.0))):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-                raise ConfigError(f"{origin}: {name(f)} is {v!r}; expected a number from {lo} to {hi}")
+    def check_shapes(self, origin: str, name) -> None:
         for heads in ("heads", "decoder_heads"):
-            if self.width % getattr(self, heads):
-                raise ConfigError(f"{origin}: {name(heads)} = {getattr(self, heads)} does not divide "
-                                  f"{name('width')} = {self.width}; each attention head takes an equal share")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"{origin}: {name('image_size')} = {self.image_size} is not a multiple of "
-                              f"{name('patch_size')} = {self.patch_size}")
+            self.check_heads("width", heads, origin, name)
         if self.decoder_layers > self.layers:
             raise ConfigError(f"{origin}: {name('decoder_layers')} = {self.decoder_layers} reads more backbone "
                               f"blocks than there are ({name('layers')} = {self.layers})")
-        w = self.width
-        n = (self.layers * 12 * w * w + self.decoder_layers * (4 + 2 * self.decoder_mlp_ratio) * w * w
-             + 2 * self.decoder_layers * (2 * self.grid - 1) ** 2 * w + self.num_classes * w)
-        if n > MAX_PARAMETERS:
-            raise ConfigError(f"{origin}: this config describes a model of about {n / 1e9:.1f} billion parameters "
-                              f"(at most {MAX_PARAMETERS / 1e9:.0f} billion are accepted); check the sizes")
-        return self
 
+    def approx_parameters(self) -> int:
+        """Roughly how many parameters: 12 w^2 per backbone block, the decoder, its tables, the head."""
+        w = self.width
+        return int(self.layers * 12 * w * w + self.decoder_layers * (4 + 2 * self.decoder_mlp_ratio) * w * w
+                   + 2 * self.decoder_layers * (2 * self.grid - 1) ** 2 * w + self.num_classes * w)
 
 
 _EVL_INT_RANGES = {
@@ -256,6 +253,9 @@ _EVL_INT_RANGES = {
     "num_frames": (1, 1024), "decoder_layers": (1, 128), "decoder_heads": (1, 1024), "num_classes": (1, 1_000_000),
     "frame_stride": (1, 1024),
 }
+EVLConfig.INT_RANGES = _EVL_INT_RANGES
+EVLConfig.FLOAT_RANGES = {"decoder_mlp_ratio": (0.01, 64.0), "decoder_dropout": (0.0, 0.99),
+                          "layer_norm_eps": (1e-12, 1.0)}
 
 
 def _evl(backbone: str, frames: int) -> EVLConfig:

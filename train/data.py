@@ -140,12 +140,14 @@ def color_jitter(clip: np.ndarray, aug: DataSection, rng) -> np.ndarray:
     return out
 
 
-def train_transform(frames: list[np.ndarray], size: int, aug: DataSection, rng) -> np.ndarray:
-    """Decoded RGB frames of one clip -> [T, 3, S, S] float32, the official train pipeline."""
-    frames = [resize_short_side(np.asarray(f), resize_target(size)) for f in frames]
+def augment_clip(frames: list[np.ndarray], size: int, aug: DataSection, rng) -> np.ndarray:
+    """Frames of one clip, already resized by the family's rule -> uint8 [T, S, S, 3]: a multi-scale
+    crop resized to S, flip, colour jitter, grayscale, each drawn once per clip (X-CLIP's and
+    EVL's training clips; they differ in the resize before and the normalisation after)."""
     height, width = frames[0].shape[:2]
     x, y, w, h = multi_scale_crop_box(width, height, size, aug.crop_scales, rng)
-    clip = np.stack([cv2.resize(np.ascontiguousarray(f[y:y + h, x:x + w]), (size, size),
+    clip = np.stack([f[y:y + h, x:x + w] if (w, h) == (size, size) else   # a resize to its own size is a copy
+                     cv2.resize(np.ascontiguousarray(f[y:y + h, x:x + w]), (size, size),
                                 interpolation=cv2.INTER_LINEAR) for f in frames])   # [T, S, S, 3]
     if rng.random() < aug.flip:
         clip = clip[:, :, ::-1]
@@ -154,7 +156,14 @@ def train_transform(frames: list[np.ndarray], size: int, aug: DataSection, rng) 
     if rng.random() < aug.grayscale:
         gray = np.rint(clip.astype(np.float32) @ _LUMA).astype(np.uint8)
         clip = np.repeat(gray[..., None], 3, axis=-1)
-    return np.ascontiguousarray(normalize(np.ascontiguousarray(clip)).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(clip)
+
+
+def train_transform(frames: list[np.ndarray], size: int, aug: DataSection, rng) -> np.ndarray:
+    """Decoded RGB frames of one clip -> [T, 3, S, S] float32, the official train pipeline."""
+    frames = [resize_short_side(np.asarray(f), resize_target(size)) for f in frames]
+    clip = augment_clip(frames, size, aug, rng)
+    return np.ascontiguousarray(normalize(clip).transpose(0, 3, 1, 2))
 
 
 # ---- dataset -----------------------------------------------------------------------------------

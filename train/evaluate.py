@@ -99,13 +99,7 @@ def evaluate_model(model, samples, labels: list[str], tokenizer: ClipTokenizer |
         n += nb
         for i, idx in enumerate(b["indices"]):
             predictions.append({"path": shard[idx].path, "label": int(y[i]), "top": top[i].tolist()})
-    if world > 1:
-        t = torch.tensor([correct1, correct5, n, failed], dtype=torch.float64,
-                         device=device if device.type == "cuda" else "cpu")
-        dist.all_reduce(t)
-        correct1, correct5, n, failed = (int(v) for v in t.tolist())
-    return {"top1": correct1 / n if n else 0.0, "top5": correct5 / n if n else 0.0, "topk": k5, "n": n,
-            "failed": failed, "views": views, "predictions": predictions if world == 1 else None}
+    return _accuracy(correct1, correct5, n, failed, k5, views, predictions, world, device)
 
 
 @torch.inference_mode()
@@ -126,14 +120,19 @@ def evaluate_taps(model, cache, num_labels: int, batch_size: int = 64, device=No
         y = torch.tensor([cache.samples[i].label for i in idx])
         correct1 += int((top[:, 0] == y).sum())
         correct5 += int((top == y[:, None]).any(-1).sum())
-    n, failed = len(ok), len(cache.errors)
+    return _accuracy(correct1, correct5, len(ok), len(cache.errors), k5, "1x1", None, world, device)
+
+
+def _accuracy(correct1, correct5, n, failed, k5, views, predictions, world, device) -> dict:
+    """The result dict of an evaluation; with world > 1 the counts are summed over the processes
+    (per-video predictions are then left out: each process holds only its share)."""
     if world > 1:
         t = torch.tensor([correct1, correct5, n, failed], dtype=torch.float64,
                          device=device if device.type == "cuda" else "cpu")
         dist.all_reduce(t)
         correct1, correct5, n, failed = (int(v) for v in t.tolist())
     return {"top1": correct1 / n if n else 0.0, "top5": correct5 / n if n else 0.0, "topk": k5, "n": n,
-            "failed": failed, "views": "1x1", "predictions": None}
+            "failed": failed, "views": views, "predictions": predictions if world == 1 else None}
 
 
 def evaluate(source: str, list_path: str, labels_path: str, root: str | None = None, views: str | None = None,

@@ -233,28 +233,16 @@ def evl_train_transform(frames: list[np.ndarray], size: int, aug, rng) -> np.nda
     """Decoded RGB frames of one clip -> [T, 3, S, S] float32 EVL input, augmented as `aug` (a
     DataSection) says: short side to S (the test resize), a multi-scale crop of it resized to S,
     flip, colour jitter, grayscale (one draw per clip), then 0..1 and CLIP mean/std."""
-    from .data import _LUMA, color_jitter, multi_scale_crop_box
+    from .data import augment_clip
 
-    def short_to(f):
+    def short_to(f):   # EVL's test resize (floor of the long side), docs/preprocessing.md §8
         h, w = f.shape[:2]
         if min(h, w) == size:
             return f
         nw, nh = (w * size // h, size) if h < w else (size, h * size // w)
         return cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR)
 
-    frames = [short_to(np.asarray(f)) for f in frames]
-    height, width = frames[0].shape[:2]
-    x, y, w, h = multi_scale_crop_box(width, height, size, aug.crop_scales, rng)
-    clip = np.stack([f[y:y + h, x:x + w] if (w, h) == (size, size) else
-                     cv2.resize(np.ascontiguousarray(f[y:y + h, x:x + w]), (size, size),
-                                interpolation=cv2.INTER_LINEAR) for f in frames])     # [T, S, S, 3]
-    if rng.random() < aug.flip:
-        clip = clip[:, :, ::-1]
-    if rng.random() < aug.color_jitter:
-        clip = color_jitter(clip, aug, rng)
-    if rng.random() < aug.grayscale:
-        gray = np.rint(clip.astype(np.float32) @ _LUMA).astype(np.uint8)
-        clip = np.repeat(gray[..., None], 3, axis=-1)
+    clip = augment_clip([short_to(np.asarray(f)) for f in frames], size, aug, rng)
     x = (clip.astype(np.float32) / 255.0 - _MEAN) / _STD
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 

@@ -24,18 +24,12 @@ import os
 import shutil
 
 from ..io.atomic import atomic_write
-from ..io.output import IDENTITY_FIELDS, META_FORMAT, OutputFileError
+from ..io.output import IDENTITY_FIELDS, META_FORMAT, OutputFileError, drop_lock, take_lock
 from ..io.results import _key, jsonl_line, read_for_resume
 
 FOLDER_FORMATS = ("jsonl", "parquet")
 META = "_meta.json"
 INCOMING = ".incoming"
-
-try:
-    import fcntl
-except ImportError:   # Windows: no flock
-    fcntl = None
-
 
 def is_folder_output(output, fmt: str) -> bool:
     """A folder output: an existing folder, a path ending in a separator, or --format parquet."""
@@ -125,20 +119,7 @@ class FolderOutput:
             raise
 
     def _lock(self) -> None:
-        if fcntl is None:
-            return
-        name = os.path.join(self.folder, ".lock")
-        fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip()
-            os.close(fd)
-            raise OutputFileError(f"{self.folder} is being written by another run (process {holder or '?'} holds "
-                                  f"{name}); wait for it to end or pick another --output") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock_fd = take_lock(os.path.join(self.folder, ".lock"), self.folder)
 
     def release(self) -> None:
         incoming = os.path.join(self.folder, INCOMING)
@@ -146,11 +127,7 @@ class FolderOutput:
             shutil.rmtree(incoming, ignore_errors=True)   # an unfinished replacement
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
-            try:
-                os.remove(os.path.join(self.folder, ".lock"))
-            except OSError:
-                pass
-            os.close(fd)
+            drop_lock(fd, os.path.join(self.folder, ".lock"))
 
     def check_identity(self, ident: dict) -> None:
         self.identity = ident

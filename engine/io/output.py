@@ -145,35 +145,7 @@ class OutputFile:
     # ---- the lock --------------------------------------------------------------------------------
 
     def _lock(self) -> None:
-        if fcntl is None:
-            return
-        name = lock_path(self.path)
-        for _ in range(5):
-            try:
-                fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise OutputFileError(f"cannot create the lock file {name} next to the output ({e})") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.read(fd, 64).decode("ascii", "replace").strip()
-                os.close(fd)
-                raise OutputFileError(
-                    f"{self.path} is being written by another run (process {holder or '?'} holds {name}); wait for "
-                    "it to end or pick another --output") from None
-            # The previous holder removes the lock file when it ends: if that happened between our
-            # open and our flock, we hold a file nobody else sees. Lock the file at the name instead.
-            try:
-                same = os.stat(name).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._lock_fd = fd
-                return
-            os.close(fd)
-        raise OutputFileError(f"cannot lock {name}: other runs keep replacing it; try again")
+        self._lock_fd = take_lock(lock_path(self.path), self.path)
 
     def release(self) -> None:
         """Remove an unfinished temporary file and drop the lock (the lock file goes too)."""
@@ -185,11 +157,7 @@ class OutputFile:
                 os.remove(tmp[0])
         if self._lock_fd is not None:
             fd, self._lock_fd = self._lock_fd, None
-            try:
-                os.remove(lock_path(self.path))   # still locked: a waiting opener sees the inode change
-            except OSError:
-                pass
-            os.close(fd)
+            drop_lock(fd, lock_path(self.path))
 
     # ---- identity and resume -------------------------------------------------------------------
 
@@ -257,3 +225,46 @@ class OutputFile:
             return
         meta = {"format": META_FORMAT, "version": 1, **self.identity}
         atomic_write(meta_path(self.path), lambda f: json.dump(meta, f, indent=1), text=True)
+
+
+def take_lock(name: str, what: str) -> int | None:
+    """Hold an exclusive lock on the file `name` for the output `what` (a file or a folder); the
+    lock file says which process holds it. Another holder: OutputFileError naming that process.
+    Returns the descriptor to give drop_lock (None where there is no fcntl: no locking)."""
+    if fcntl is None:
+        return None
+    for _ in range(5):
+        try:
+            fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputFileError(f"cannot create the lock file {name} next to the output ({e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise OutputFileError(
+                f"{what} is being written by another run (process {holder or '?'} holds {name}); wait for "
+                "it to end or pick another --output") from None
+        # The previous holder removes the lock file when it ends: if that happened between our
+        # open and our flock, we hold a file nobody else sees. Lock the file at the name instead.
+        try:
+            same = os.stat(name).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+    raise OutputFileError(f"cannot lock {name}: other runs keep replacing it; try again")
+
+
+def drop_lock(fd: int, name: str) -> None:
+    """Release a take_lock lock; the file goes first, while still locked, so that a waiting
+    opener sees the inode change."""
+    try:
+        os.remove(name)
+    except OSError:
+        pass
+    os.close(fd)

@@ -188,10 +188,6 @@ def test_export_folder_loads_back_and_classifies(evl_export, evl_reference, evl_
 def test_export_folder_classifies_video_files(evl_export, evl_labels, tmp_path):
     from video_factory import write_index_video
 
-    from xclip_engine.engine.api import Model
-
-    if not hasattr(Model, "closed_set"):
-        pytest.skip("xe.Model has no closed-set (EVL) path in this tree yet (engine/api.py)")
     model = xe.load(evl_export.folder, backend="onnxruntime", device="cpu")
     px = _pixels(EVL_TINY, 2, seed=4)
     assert torch.equal(model.logits(px), model.net(px))        # Model's EVL call is the graph's
