@@ -56,12 +56,14 @@ setup(
     extras_require={
         # ONNX export and the ONNX Runtime backend on CPU
         "export": ["onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20"],
+        # the OpenVINO backend of export folders (CPU: fp32, bf16, int8), `--backend openvino`
+        "openvino": ["openvino>=2025.1"],
         # triton in dev: the kernel parity tests run it in its CPU interpreter (TRITON_INTERPRET=1)
         # nvidia-dali-cuda120 in dev: its CPU decoder (VP8/VP9/MJPEG) runs the DALI tests without a GPU (2.4 is
         # the version tested: fn.decoders.video with explicit `frames`)
         # (a 425 MB wheel, ~0.95 GB installed, 30 s to install); matplotlib draws timelines and benchmark plots
         "dev": ["pytest>=7", "transformers>=4.40", "ruff>=0.4", 'triton>=3.4; platform_system == "Linux"',
-                "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20",
+                "onnx>=1.17", "onnxscript>=0.5", "onnxruntime>=1.20", "openvino>=2025.1",
                 'nvidia-dali-cuda120>=2.4; platform_system == "Linux" and platform_machine == "x86_64"',
                 "matplotlib>=3.7", "hypothesis>=6",
                 # the serve extra, so CI runs the HTTP server's tests; httpx for FastAPI's TestClient

@@ -30,7 +30,8 @@ from .model import XCLIP
 from .runtime.device import default_device
 from .tokenizer import ClipTokenizer
 
-BACKENDS = ("reference", "triton", "onnxruntime", "tensorrt")
+BACKENDS = ("reference", "onednn", "triton", "onnxruntime", "tensorrt", "openvino")
+EXPORT_BACKENDS = ("onnxruntime", "tensorrt", "openvino")   # these run an export folder, not a checkpoint
 
 
 
@@ -192,7 +193,7 @@ def default_model_path() -> str:
 def load(source=None, backend: str = "reference", device=None, arch: str | None = None,
          random_init: bool = False, precision: str | None = None, backbone=None) -> Model:
     """Load X-CLIP from a registry name, a transformers folder, an official .pth, our checkpoint,
-    or (backends onnxruntime / tensorrt) an export folder. No source: the bundled default model.
+    or (backends onnxruntime / tensorrt / openvino) an export folder. No source: the bundled default model.
 
     EVL: an official EVL .pth with `backbone`, its CLIP image tower (OpenAI's ViT-B-16.pt, a
     transformers CLIP folder or an open_clip checkpoint; engine/checkpoint/format_evl.py), our own
@@ -203,8 +204,9 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
     of an architecture on a machine it times and verifies every candidate (reference fp32 and bf16
     on a CPU, reference and Triton on a GPU; an export folder's checked precisions) and caches the
     verdict (engine/runtime/choice.py); `model.backend_note` says which and why, `model.choice`
-    holds the measurements. `precision`: fp32 | fp16 | int8 picks the graphs of an export folder;
-    for the reference backend fp32 (default) or bf16 (engine/runtime/bf16.py)."""
+    holds the measurements. `precision`: fp32 | fp16 | int8 picks the graphs of an export folder
+    (backend openvino: fp32 | bf16 | int8, bf16 running its fp32 graphs); for the reference backend
+    fp32 (default) or bf16 (engine/runtime/bf16.py)."""
     if source is None:
         source = default_model_path()
     if backend not in ("auto",) + BACKENDS:
@@ -221,12 +223,13 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
             from .runtime.choice import checkpoint_candidates
 
             checkpoint_candidates(default_device(device), precision)   # raises: says where fp16/int8 run
-    if backend in ("onnxruntime", "tensorrt"):
+    if backend in EXPORT_BACKENDS:
         try:
             from xclip_engine.export.runtime import load_runtime
         except ImportError as e:
             raise NotImplementedError(f"backend {backend!r} is not available in this version of xclip-engine "
                                       f"({e}); use backend='reference'") from None
+        _check_export_source(source, backend)
         model = load_runtime(source, backend=backend, device=device, precision=precision)
         model.choice = choice
         model.backend_note = (choice.note if choice else
@@ -234,9 +237,9 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
         return model
     if backend != "auto" and precision not in (None, "fp32", "bf16"):
         raise ValueError(f"precision={precision!r}: backend {backend!r} runs a checkpoint in fp32 or bf16; fp16 and "
-                         "int8 are graphs of an export folder (xclip-engine export, then backend 'onnxruntime' or "
-                         "'tensorrt')")
-    if precision == "bf16" and backend not in ("reference", "auto"):
+                         "int8 are graphs of an export folder (xclip-engine export, then backend 'onnxruntime', "
+                         "'tensorrt' or 'openvino')")
+    if precision == "bf16" and backend not in ("reference", "auto"):    # onednn: its GEMM choice is fp32's
         raise ValueError(f"precision='bf16' runs on backend 'reference' (the {backend} kernels are fp32/fp16)")
     loaded = load_model(source, arch=arch, random_init=random_init, backbone=backbone)
     net = loaded.model
@@ -245,6 +248,13 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
 
         choice, net = choose_for_checkpoint(net, device, precision)
         backend, precision = choice.backend, choice.precision
+    elif backend == "onednn":
+        from .model.ops import ONEDNN, onednn_available
+
+        have, why = onednn_available()
+        if not have:
+            raise NotImplementedError(f"backend 'onednn': {why}; use backend='reference'")
+        net.use_ops(ONEDNN)      # the reference arithmetic, fp32 projections on oneDNN's GEMM
     elif backend == "triton":
         try:
             from xclip_engine.kernels.backend import triton_ops
@@ -265,6 +275,20 @@ def load(source=None, backend: str = "reference", device=None, arch: str | None 
     model.choice = choice
     model.backend_note = choice.note if choice else f"{backend} ({precision or 'fp32'}, asked for)"
     return model
+
+
+def _check_export_source(source, backend: str) -> None:
+    """Backends onnxruntime, tensorrt and openvino run an export folder: a checkpoint or a registry
+    name is refused with the command that exports it (a folder without a manifest is left to
+    read_manifest, which says what is missing)."""
+    from xclip_engine.export.manifest import ExportFolderError
+
+    if os.path.isdir(os.fspath(source)):
+        return
+    flag = " --int8" if backend == "openvino" else " --tensorrt" if backend == "tensorrt" else ""
+    raise ExportFolderError(f"backend {backend!r} runs an export folder, and {os.fspath(source)!r} is not a folder: "
+                            f"export it first (xclip-engine export --model {os.fspath(source)} --out DIR{flag}), "
+                            f"then load DIR with backend {backend!r}; or load this model with backend 'reference'")
 
 
 class ClosedSetScoring:

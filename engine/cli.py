@@ -105,7 +105,8 @@ def doctor_cmd(model_src, backbone, device, fresh, as_json):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--model", "-m", "model_src", default=None,
               help="Registry name, transformers X-CLIP folder, official VideoX .pth, our checkpoint, or an "
-                   "export folder (with --backend onnxruntime). Default: the bundled demonstration model.")
+                   "export folder (with --backend onnxruntime / openvino, or auto). Default: the bundled "
+                   "demonstration model.")
 @click.option("--arch", default=None, help="Registry name whose architecture an official .pth has.")
 @click.option("--backbone", default=None, metavar="CLIP",
               help="EVL: the CLIP backbone of an official EVL .pth (OpenAI's ViT-B-16.pt / ViT-L-14.pt, a "
@@ -155,12 +156,15 @@ def doctor_cmd(model_src, backbone, device, fresh, as_json):
 @click.option("--plot", default=None, metavar="FILE.png",
               help="With --window: draw the timeline to FILE.png (several videos: FILE.<video name>.png).")
 @click.option("--backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "reference", "triton", "onnxruntime", "tensorrt"]),
-              help="auto: the fastest path that gives the reference's answers on this machine (triton on a "
-                   "GPU, bf16 on a CPU with AMX, ONNX Runtime for an export folder); stderr says which it took.")
+              type=click.Choice(["auto", "reference", "onednn", "triton", "onnxruntime", "tensorrt", "openvino"]),
+              help="auto: the fastest path that gives the reference's answers on this machine, measured once "
+                   "(triton on a GPU; bf16 or onednn on a CPU; ONNX Runtime or OpenVINO, fp32/bf16/int8, for an "
+                   "export folder); stderr says which it took. onednn: the reference with its fp32 GEMMs on "
+                   "oneDNN. onnxruntime, tensorrt and openvino run an export folder.")
 @click.option("--precision", default=None, type=click.Choice(["fp32", "bf16", "fp16", "int8"]),
               help="fp32 or bf16 for a checkpoint (backend reference); fp32, fp16 or int8 picks the graphs of an "
-                   "export folder (backends onnxruntime / tensorrt).")
+                   "export folder (backends onnxruntime / tensorrt); fp32, bf16 or int8 on backend openvino "
+                   "(bf16: the fp32 graphs run in bf16).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present, else cpu).")
 @click.option("--threads", default=None, type=click.IntRange(min=1),
               help="CPU threads for the model, torch and ONNX Runtime alike (default: one per core). Lower it "

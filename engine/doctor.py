@@ -20,7 +20,7 @@ import sys
 # the CPU features that decide which kernels exist for each precision; shown, never used to decide
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8", "asimd",
                 "sve")
-PACKAGES = ("torch", "triton", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "tensorrt-cu12",
+PACKAGES = ("torch", "triton", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "tensorrt-cu12", "openvino",
             "nvidia-dali-cuda120", "av", "opencv-python-headless", "transformers")
 
 
@@ -48,7 +48,21 @@ def machine() -> dict:
         import onnxruntime
 
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
+    if importlib.util.find_spec("openvino") is not None:
+        info["openvino"] = _openvino_info()
     return info
+
+
+def _openvino_info() -> dict:
+    """OpenVINO's version and whether its CPU plugin runs bf16 here (backend openvino's bf16 path)."""
+    try:
+        import openvino
+
+        from xclip_engine.export.ov_runner import bf16_capable, core
+
+        return {"version": openvino.__version__, "devices": list(core().available_devices), "bf16": bf16_capable()}
+    except Exception as e:   # a broken install is reported, not fatal to the report
+        return {"error": f"{type(e).__name__}: {str(e)[:200]}"}
 
 
 def _xclip_version() -> str:
@@ -94,7 +108,8 @@ def diagnose(source=None, device=None, fresh: bool = False, precision: str | Non
         kind = loaded.kind
         family = loaded.model.config.family
         # the runtimes of an export folder also serve this model once it is exported
-        for backend, precision_ in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("tensorrt", "fp16")):
+        for backend, precision_ in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("tensorrt", "fp16"),
+                                    ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")):
             choice.paths.append(PathResult(backend, precision_, False,
                                            f"runs an export folder: xclip-engine export --model {source}"
                                            + (" --int8" if precision_ == "int8" else
@@ -130,6 +145,11 @@ def format_report(report: dict) -> str:
     ]
     if m.get("onnxruntime_providers"):
         lines.append(f"ONNX Runtime providers: {', '.join(m['onnxruntime_providers'])}")
+    ov = m.get("openvino")
+    if ov:
+        lines.append(f"OpenVINO: {ov['error']}" if "error" in ov else
+                     f"OpenVINO {ov['version'].split('-')[0]}: devices {', '.join(ov['devices'])}; bf16 "
+                     + ("runs on this CPU" if ov["bf16"] else "not on this CPU (no bf16 path)"))
     choice = Choice.from_dict(report["auto"])
     family = {"xclip": "X-CLIP", "evl": "EVL"}.get(report.get("family"), report.get("family") or "X-CLIP")
     lines += ["", f"model:    {report['model']} ({family}, {report['kind']})",

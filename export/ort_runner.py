@@ -297,6 +297,9 @@ class GraphSession:
     def run(self, **feeds) -> list[np.ndarray]:
         return self.session.run(None, feeds)
 
+    def runtime_info(self) -> dict:
+        return {"providers": self.session.get_providers()}
+
 
 # A first load fuses, checks and optimizes each graph. For a big graph it does that in a child
 # process, which writes the cache and exits, and this process then loads the cache: the protobuf
@@ -342,17 +345,24 @@ class OrtNet:
     """The graphs of an export folder behind the net interface of xclip_engine.engine.api.Model.
 
     X-CLIP: text and video graphs, `net(px, text_features)`. EVL: the video graph alone, `net(px)`
-    (closed set: the logits are the class scores; `encode_text` is refused)."""
+    (closed set: the logits are the class scores; `encode_text` is refused).
 
-    def __init__(self, manifest: Manifest, precision: str = "fp32", device=None, fusion: bool = True):
+    The graphs are `graph_class` objects (anything with `run(**feeds) -> outputs`, `.info` and
+    `runtime_info()`): GraphSession here; ov_runner.OvNet runs the same calls on OpenVINO's.
+    `graph_options` go to graph_class: `fusion` for ONNX Runtime's."""
+
+    backend = "onnxruntime"
+    graph_class = GraphSession
+
+    def __init__(self, manifest: Manifest, precision: str = "fp32", device=None, **graph_options):
         self.manifest, self.precision = manifest, precision
         self.config = manifest.config
         self.family = family_of(self.config)
         self.device = torch.device(device or "cpu")
         self.text = None
         if self.family == "xclip":
-            self.text = GraphSession(manifest, "text", precision, self.device, fusion)
-        self.video = GraphSession(manifest, "video", precision, self.device, fusion)
+            self.text = self.graph_class(manifest, "text", precision, self.device, **graph_options)
+        self.video = self.graph_class(manifest, "video", precision, self.device, **graph_options)
         self._no_text = None if self.family == "evl" else np.zeros((1, self.config.embed_dim), np.float32)
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
@@ -397,7 +407,9 @@ class OrtNet:
         return self._run_video(pixel_values, text)[0]
 
     def describe(self) -> dict:
-        info = {"precision": self.precision, "providers": self.video.session.get_providers(),
+        """The backend, the precision, what runs the graphs (ORT's providers, OpenVINO's device and
+        version) and each graph's info."""
+        info = {"backend": self.backend, "precision": self.precision, **self.video.runtime_info(),
                 "video": self.video.info}
         if self.text is not None:
             info["text"] = self.text.info

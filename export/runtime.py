@@ -1,6 +1,6 @@
-"""`load_runtime`: an export folder as an xclip_engine Model, on ONNX Runtime or TensorRT.
+"""`load_runtime`: an export folder as an xclip_engine Model, on ONNX Runtime, TensorRT or OpenVINO.
 
-engine/api.py calls this for `xe.load(DIR, backend="onnxruntime" | "tensorrt")`. The folder holds
+engine/api.py calls this for `xe.load(DIR, backend="onnxruntime" | "tensorrt" | "openvino")`. The folder holds
 everything (graphs, vocabulary, manifest), so nothing else is read. The returned Model has the
 reference API (encode_text, encode_video, logits, classify) because the runtime nets below have
 the four calls and `.config` that Model uses. An EVL folder (family "evl", read from the manifest)
@@ -20,7 +20,7 @@ from xclip_engine.engine.tokenizer import ClipTokenizer
 
 from .manifest import PRECISIONS, ExportFolderError, check_name, read_manifest, verify_file
 
-RUNTIME_BACKENDS = ("onnxruntime", "tensorrt")
+RUNTIME_BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 
 
 def default_precision(manifest, device: torch.device) -> str:
@@ -56,7 +56,9 @@ def check_vocabulary(manifest) -> None:
 
 def load_runtime(source, backend: str = "onnxruntime", device=None, precision: str | None = None,
                  fusion: bool = True) -> Model:
-    """Load the export folder `source` for `backend`; precision: fp32 | fp16 | int8 (ONNX Runtime only)."""
+    """Load the export folder `source` for `backend`. precision: fp32 | fp16 | int8 on ONNX Runtime (the graph
+    files), fp16 on TensorRT, fp32 | bf16 | int8 on OpenVINO (bf16: the fp32 graphs run in bf16); default:
+    default_precision, fp32 on OpenVINO."""
     if backend not in RUNTIME_BACKENDS:
         raise ValueError(f"backend {backend!r} is not a runtime backend ({', '.join(RUNTIME_BACKENDS)})")
     folder = os.fspath(source)
@@ -65,8 +67,13 @@ def load_runtime(source, backend: str = "onnxruntime", device=None, precision: s
     if manifest.family == "xclip":
         check_vocabulary(manifest)
         tokenizer = ClipTokenizer.from_folder(folder)
-    dev = default_device(device)
-    if backend == "tensorrt":
+    # OpenVINO runs on the CPU: no device given means the CPU there, on a GPU machine too
+    dev = torch.device("cpu") if backend == "openvino" and device is None else default_device(device)
+    if backend == "openvino":
+        from .ov_runner import OvNet
+
+        net = OvNet(manifest, precision or "fp32", dev)
+    elif backend == "tensorrt":
         if precision not in (None, "fp16"):
             raise ValueError(f"backend 'tensorrt' runs the fp16 engine of the folder, not {precision}")
         from .trt_runner import TrtNet
@@ -74,7 +81,9 @@ def load_runtime(source, backend: str = "onnxruntime", device=None, precision: s
         net = TrtNet(manifest, dev)
     else:
         if precision is not None and precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+            also = " (bf16 runs the fp32 graphs on backend 'openvino')" if precision == "bf16" else ""
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} on backend "
+                             f"'onnxruntime'{also}")
         from .ort_runner import OrtNet
 
         net = OrtNet(manifest, precision or default_precision(manifest, dev), dev, fusion=fusion)

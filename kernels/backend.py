@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 
 import torch
+import torch.nn.functional as F
 
 from .guards import DISABLE_ENV, disabled, interpreting
 from .selfcheck import KERNELS, kernel_status, self_check
@@ -43,6 +44,10 @@ class TritonOps:
 
         self._fa, self._ln, self._ma, self._pa, self._mlp, self._adj = (
             frame_attention, layer_norm, message_attention, prompt_attention, quick_gelu, adjacent_attention)
+
+    @staticmethod
+    def linear(x, weight, bias=None):
+        return F.linear(x, weight, bias)       # cuBLAS: nothing to fuse into a plain projection
 
     def attention(self, q, k, v, causal: bool = False):
         if causal:

@@ -79,10 +79,10 @@ class SelfAttention(nn.Module):
     def forward(self, x, causal: bool = False, taps: bool = False):
         # x: [N, L, D] -> [N, L, D]; with taps also the projected q and k per head, [N, L, H, dh]
         # (bias added, not yet scaled: what EVL's decoder reads, docs/model-evl.md §3)
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = self.ops.linear(x, self.qkv.weight, self.qkv.bias).chunk(3, dim=-1)
         h = self.heads
-        o = self.out(merge_heads(self.ops.attention(split_heads(q, h), split_heads(k, h), split_heads(v, h),
-                                                    causal=causal)))
+        o = merge_heads(self.ops.attention(split_heads(q, h), split_heads(k, h), split_heads(v, h), causal=causal))
+        o = self.ops.linear(o, self.out.weight, self.out.bias)
         if not taps:
             return o
         n, seq, d = q.shape

@@ -22,6 +22,11 @@ class ReferenceOps:
     name = "reference"
 
     @staticmethod
+    def linear(x, weight, bias=None):
+        # every projection of the modules that route through ops (attention, MLP, messages, prompts)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
     def attention(q, k, v, causal: bool = False):
         # q: [N, H, Lq, dh], k/v: [N, H, Lk, dh] -> [N, H, Lq, dh]
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -43,10 +48,10 @@ class ReferenceOps:
         # norm and the attention go through this object's own layer_norm and attention, so a
         # subclass that rewrites attention (export/graphs.py ExportOps) rewrites this one too.
         b, t, d = msg.shape
-        q, k, v = F.linear(self.layer_norm(msg, ln_w, ln_b, eps), qkv_w, qkv_b).chunk(3, dim=-1)
+        q, k, v = self.linear(self.layer_norm(msg, ln_w, ln_b, eps), qkv_w, qkv_b).chunk(3, dim=-1)
         q, k, v = (x.view(b, t, heads, d // heads).transpose(1, 2) for x in (q, k, v))    # [B, H, T, dh]
         o = self.attention(q, k, v).transpose(1, 2).reshape(b, t, d)
-        return msg + F.linear(o, out_w, out_b)
+        return msg + self.linear(o, out_w, out_b)
 
     @staticmethod
     def prompt_attention(q, k, v):
@@ -64,17 +69,16 @@ class ReferenceOps:
         s = x + delta
         return s, F.layer_norm(s, s.shape[-1:], weight, bias, eps)
 
-    @staticmethod
-    def mlp(x, w1, b1, w2, b2):
+    def mlp(self, x, w1, b1, w2, b2):
         # CLIP's MLP: Linear(D, 4D) (w1 [4D, D], b1 [4D]), QuickGELU x*sigmoid(1.702x), Linear(4D, D).
-        h = F.linear(x, w1, b1)
+        h = self.linear(x, w1, b1)
         if h.requires_grad:   # training: autograd needs h and sigmoid(1.702h) kept apart
-            return F.linear(h * torch.sigmoid(1.702 * h), w2, b2)
+            return self.linear(h * torch.sigmoid(1.702 * h), w2, b2)
         # Inference: the same three elementwise ops in the same order (bitwise equal), written into
         # one temporary and h itself instead of three fresh [B*T*L, 4D] tensors of tens of MB each,
         # whose allocation and first touch cost more than the arithmetic. A B/32 batch-8 forward
         # took 17% less time in fp32 and 8% less in bf16 (best of 3, fresh processes).
-        return F.linear(h.mul_(torch.mul(h, 1.702).sigmoid_()), w2, b2)
+        return self.linear(h.mul_(torch.mul(h, 1.702).sigmoid_()), w2, b2)
 
 
     @staticmethod
@@ -122,3 +126,34 @@ def relative_position_index(grid: int, device=None) -> torch.Tensor:
 
 
 REFERENCE = ReferenceOps()
+
+
+class OneDnnOps(ReferenceOps):
+    """The reference arithmetic with its fp32 projections on oneDNN's GEMM (backend "onednn").
+
+    torch's CPU F.linear in fp32 calls MKL's sgemm, and MKL picks its code path by CPU vendor: on
+    AMD EPYCs it runs the AVX2 kernels, at about half the rate of the AVX-512 GEMMs that oneDNN
+    (torch.ops.mkldnn) and ONNX Runtime's MLAS run there (docs/machines.md §7). Same fp32 products
+    and sums, another summation order: within the fp32 yardstick of the reference. Whether it is
+    faster is measured, not assumed (backend "auto" times both); bf16, float64 and autograd calls
+    keep F.linear (oneDNN runs bf16 under F.linear already).
+    """
+
+    name = "onednn"
+
+    @staticmethod
+    def linear(x, weight, bias=None):
+        if (x.dtype is torch.float32 and weight.dtype is torch.float32 and x.device.type == "cpu"
+                and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return F.linear(x, weight, bias)
+
+
+ONEDNN = OneDnnOps()
+
+
+def onednn_available() -> tuple[bool, str]:
+    """Whether this torch has oneDNN's fp32 linear (the CPU builds on x86 and ARM do)."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False, "this torch build has no oneDNN (mkldnn) linear"
+    return True, ""

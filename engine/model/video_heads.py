@@ -45,9 +45,10 @@ class CrossAttention(nn.Module):
     def forward(self, x, visual):
         # x: [B, K, E] label features; visual: [B, N, E] -> [B, K, E]
         h = self.heads
-        k, v = self.kv(visual).chunk(2, dim=-1)
-        o = self.ops.prompt_attention(split_heads(self.q(x), h), split_heads(k, h), split_heads(v, h))
-        return self.proj(merge_heads(o))
+        k, v = self.ops.linear(visual, self.kv.weight).chunk(2, dim=-1)
+        q = self.ops.linear(x, self.q.weight)
+        o = self.ops.prompt_attention(split_heads(q, h), split_heads(k, h), split_heads(v, h))
+        return self.ops.linear(merge_heads(o), self.proj.weight, self.proj.bias)
 
 
 class PromptLayer(nn.Module):

@@ -10,9 +10,10 @@ matmul rate on Intel AMX and on AMD EPYCs with avx512_bf16 alike; a rule keyed o
 2.6x on the table on such an AMD machine. And a path counts only when it computes the reference's
 answers on this machine, so each candidate is judged by engine/runtime/yardstick.py on the same input:
 
-- a checkpoint: the exact side is a float64 copy of the model; fp32 paths (the reference, Triton)
-  are bounded by the fp32 reference's own error, the bf16 path by torch's bf16 autocast error of the
-  same model. Candidates: reference fp32 and bf16 on a CPU; reference fp32 and Triton on a GPU.
+- a checkpoint: the exact side is a float64 copy of the model; fp32 paths (the reference, its
+  oneDNN-GEMM variant, Triton) are bounded by the fp32 reference's own error, the bf16 path by
+  torch's bf16 autocast error of the same model. Candidates: reference fp32, onednn fp32 and
+  reference bf16 on a CPU; reference fp32 and Triton on a GPU.
 - an export folder: only precisions whose export check passed (manifest "checks"), each verified
   here against the folder's fp32 graph within the bound its export check recorded. fp32 and int8
   on a CPU; fp32, fp16 and the TensorRT engine on a GPU.
@@ -142,6 +143,10 @@ def checkpoint_candidates(device: torch.device, precision: str | None = None) ->
         paths.append(PathResult("reference", "bf16", False, "the bf16 path is the CPU's (GPUs: triton or an "
                                 "export folder's fp16 / TensorRT)"))
     else:
+        from ..model.ops import onednn_available
+
+        have, why = onednn_available()
+        paths.append(PathResult("onednn", "fp32", have, why))
         runs, why = bf16_runs()
         paths.append(PathResult("reference", "bf16", runs, why))
         paths.append(PathResult("triton", "fp32", False, "needs a CUDA GPU"))
@@ -154,13 +159,19 @@ def checkpoint_candidates(device: torch.device, precision: str | None = None) ->
 
 def build_path(path: PathResult, net, device: torch.device):
     """The runnable net of a checkpoint path: the loaded reference itself for reference fp32, a
-    copy cast to bf16, or a copy on the Triton kernels."""
+    copy cast to bf16, a copy on the Triton kernels, or one sharing its weights on oneDNN's GEMM."""
     if (path.backend, path.precision) == ("reference", "fp32"):
         return net
     if (path.backend, path.precision) == ("reference", "bf16"):
         from .bf16 import to_bf16
 
         return to_bf16(copy.deepcopy(net).eval())
+    if path.backend == "onednn":
+        from ..model.ops import ONEDNN
+
+        # the same weights (shared, not copied: fp32 either way), its own modules to set the ops on
+        shared = {id(t): t for t in [*net.parameters(), *net.buffers()]}
+        return copy.deepcopy(net, memo=shared).use_ops(ONEDNN)
     if path.backend == "triton":
         from xclip_engine.kernels.backend import triton_ops
 
@@ -297,7 +308,9 @@ def choose_for_checkpoint(net, device=None, precision: str | None = None, echo=s
     dev = resolve_device(device)
     paths = checkpoint_candidates(dev, precision)
     net = net.to(dev).eval()
-    fp = cache.fingerprint(dev, {"family": net.config.family, "config": net.config.to_dict(), "precision": precision})
+    # the candidates are in the key: a verdict measured before a path existed is measured again
+    fp = cache.fingerprint(dev, {"family": net.config.family, "config": net.config.to_dict(), "precision": precision,
+                                 "candidates": [p.name for p in paths]})
     built: dict = {}
     cfg = net.config
     width = getattr(cfg, "vision_width", None) or cfg.width        # X-CLIP's vision tower, EVL's backbone

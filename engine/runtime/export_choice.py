@@ -18,8 +18,9 @@ from .yardstick import FLOOR, MULTIPLE, judge
 
 
 def _export_verdicts(raw: dict) -> dict[str, tuple[bool, str, float | None]]:
-    """{precision ("fp32", "int8", "fp16 TensorRT", ...): (passed its export check, why not, the
-    logits bound it was checked with)}; a precision passes when every one of its graphs did."""
+    """{precision ("fp32", "int8", "fp16 TensorRT", "bf16 OpenVINO", "int8 OpenVINO", ...): (passed its
+    export check, why not, the logits bound it was checked with)}; a precision passes when every one
+    of its graphs did."""
     out: dict[str, tuple[bool, str, float | None]] = {}
     for row in raw.get("checks") or []:
         p = row.get("precision")
@@ -67,12 +68,51 @@ def export_candidates(raw: dict, device: torch.device, precision: str | None = N
         paths.append(PathResult("tensorrt", "fp16", False, "needs a CUDA GPU" if not gpu else
                                 "no TensorRT engine in the folder (export --tensorrt)" if not has_plan else
                                 "the tensorrt package is not installed"))
+    paths += openvino_candidates(have, checked, device)
     if precision is not None:
-        if precision not in ("fp32", "fp16", "int8"):
-            raise ValueError(f"precision {precision!r} is not one of the export folder's fp32, fp16, int8")
+        if precision not in ("fp32", "bf16", "fp16", "int8"):
+            raise ValueError(f"precision {precision!r} is not one of the export folder's fp32, fp16, int8 (graphs) "
+                             "or bf16 (its fp32 graphs on OpenVINO)")
         for p in paths:
             if p.precision != precision and p.available:
                 p.available, p.why = False, f"precision {precision} asked for"
+    return paths
+
+
+def openvino_bf16() -> tuple[bool, str]:
+    """Whether OpenVINO runs bf16 on this CPU (module-level so tests can fake a machine)."""
+    from xclip_engine.export.ov_runner import bf16_capable
+
+    if bf16_capable():
+        return True, ""
+    return False, "OpenVINO does not list BF16 among this CPU's capabilities"
+
+
+def openvino_candidates(have, checked: dict, device: torch.device) -> list[PathResult]:
+    """OpenVINO's paths: fp32 and bf16 (both the fp32 graphs) and int8 (the int8 graphs), on a CPU.
+
+    Each needs its graphs' export check: the fp32 check for fp32 and bf16, and where the export ran
+    with openvino installed, the check of OpenVINO itself ("bf16 OpenVINO", "int8 OpenVINO")."""
+    if not choice.module_available("openvino"):
+        why = "openvino is not installed: pip install 'xclip-engine[openvino]'"
+        return [PathResult("openvino", p, False, why) for p in ("fp32", "bf16", "int8")]
+    paths = []
+    for p in ("fp32", "bf16", "int8"):
+        graph = "int8" if p == "int8" else "fp32"
+        if device.type != "cpu":
+            paths.append(PathResult("openvino", p, False, "OpenVINO runs on the CPU (device cpu)"))
+            continue
+        if graph not in have:
+            paths.append(PathResult("openvino", p, False, f"no {graph} graphs in the folder"
+                                    + (" (export --int8)" if graph == "int8" else "")))
+            continue
+        ok, why, _ = checked.get(graph, (False, "never checked (exported with --no-check)", None))
+        # OpenVINO's own check, where the export ran one, decides over the ONNX Runtime one
+        if f"{p} OpenVINO" in checked:
+            ok, why, _ = checked[f"{p} OpenVINO"]
+        if ok and p == "bf16":
+            ok, why = openvino_bf16()
+        paths.append(PathResult("openvino", p, ok, "" if ok else why))
     return paths
 
 
@@ -88,6 +128,11 @@ def measure_export(folder: str, raw: dict, device: torch.device, paths: list[Pat
     the bound its export check recorded (fp32 itself passed the export check)."""
     bounds = {p: b for p, (_, _, b) in _export_verdicts(raw).items()}
     bounds["tensorrt fp16"] = bounds.get("fp16 TensorRT")
+    # OpenVINO: fp32 within the fp32 graphs' bound; bf16 and int8 within their OpenVINO check's bound,
+    # else (an export without openvino) bf16 by the yardstick's bf16 rule and int8 by the int8 graphs'
+    bounds["openvino fp32"] = bounds.get("fp32")
+    bounds["openvino bf16"] = bounds.get("bf16 OpenVINO") or MULTIPLE * FLOOR["bf16"]
+    bounds["openvino int8"] = bounds.get("int8 OpenVINO") or bounds.get("int8")
     base = None
     for p in sorted(paths, key=lambda q: (q.backend, q.precision) != ("onnxruntime", "fp32")):
         if not p.available:
@@ -104,7 +149,7 @@ def measure_export(folder: str, raw: dict, device: torch.device, paths: list[Pat
             elif base is None:
                 p.verified, p.why = True, "verified by its export check (no fp32 graphs to compare with here)"
             else:
-                key = p.name if p.backend == "tensorrt" else p.precision
+                key = p.name if p.backend in ("tensorrt", "openvino") else p.precision
                 bound = bounds.get(key) or MULTIPLE * FLOOR.get(p.precision, 1e-3)
                 v = judge(f"{p.name} logits", got, base, bound=bound, classes=True)
                 p.verified, p.error, p.bound = v.ok, v.error, v.bound
@@ -115,6 +160,19 @@ def measure_export(folder: str, raw: dict, device: torch.device, paths: list[Pat
             p.available, p.verified, p.why = False, False, f"failed to run: {type(e).__name__}: {e}"
         choice.say(echo, f"auto:   {p.name}: " + (f"{p.seconds:.3f} s/video" if p.seconds is not None else p.why))
     return paths
+
+
+def _openvino_version() -> str | None:
+    if not choice.module_available("openvino"):
+        return None
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("openvino")
+    except importlib.metadata.PackageNotFoundError:   # importable without its metadata: ask the module
+        import openvino
+
+        return openvino.__version__
 
 
 def choose_for_export(folder, device=None, precision: str | None = None, echo=choice.stderr_echo,
@@ -132,9 +190,18 @@ def choose_for_export(folder, device=None, precision: str | None = None, echo=ch
         return Choice("onnxruntime", precision or "fp32", f"auto: onnxruntime (the manifest is unreadable: {e})")
     has_plan = bool(raw.get("tensorrt"))
     paths = export_candidates(raw, dev, precision, has_plan)
+    runnable = [p for p in paths if p.available]
+    if len(runnable) == 1:
+        # one path runs here (say precision bf16: OpenVINO's alone): nothing to time or compare it
+        # with, and choice.pick, which falls back on an fp32 path, may find none
+        only = runnable[0]
+        asked = f" (precision {precision} asked for)" if precision else ""
+        return Choice(only.backend, only.precision, f"auto: {only.name}, the only path that runs here{asked}", paths)
     hashes = {role: {p: (e or {}).get("sha256") for p, e in (g or {}).items()}
               for role, g in (raw.get("graphs") or {}).items()}
     fp = cache.fingerprint(dev, {"export": hashes, "tensorrt": has_plan, "precision": precision,
-                                 "checks": [r.get("ok") for r in raw.get("checks") or []]})
+                                 "checks": [r.get("ok") for r in raw.get("checks") or []],
+                                 # another OpenVINO compiles the graphs anew: measure its paths again
+                                 "openvino": _openvino_version()})
     return choice.decide(fp, lambda ps: measure_export(folder, raw, dev, ps, echo), paths, echo,
                    f"the export folder {folder}", fresh)

@@ -10,15 +10,17 @@ def test_auto_measures_the_checked_precisions(tiny_export, tmp_path, monkeypatch
     monkeypatch.setenv("XCLIP_ENGINE_CACHE", str(tmp_path / "cache"))
     m = xe.load(tiny_export.folder, backend="auto", device="cpu")
     paths = {p.name: p for p in m.choice.paths}
-    assert m.backend == "onnxruntime" and m.choice.precision in ("fp32", "int8")
     fp32, int8 = paths["onnxruntime fp32"], paths["onnxruntime int8"]
     assert fp32.available and fp32.verified and fp32.seconds > 0
-    # int8 is timed and compared with the fp32 graphs here; on this random tiny model it may land on
-    # either side of its 5% bound, and its verdict must follow its error
-    assert int8.available and int8.seconds > 0 and int8.verified == (int8.error <= int8.bound)
+    # int8 (when its export check passed) is timed and compared with the fp32 graphs here; on this
+    # random tiny model it may land on either side of its 5% bound, and its verdict must follow its error
+    if int8.available:
+        assert int8.seconds > 0 and int8.verified == (int8.error <= int8.bound)
     assert not paths["onnxruntime fp16"].available and "GPU" in paths["onnxruntime fp16"].why
-    verified = [p for p in (fp32, int8) if p.verified]
-    assert m.choice.precision == min(verified, key=lambda p: p.seconds).precision
+    # every runtime that runs here competes (OpenVINO too, when installed): the fastest verified one wins
+    verified = [p for p in paths.values() if p.verified and p.seconds]
+    best = min(verified, key=lambda p: p.seconds)
+    assert (m.backend, m.choice.precision) == (best.backend, best.precision)
     assert m.net.precision == m.choice.precision       # the runtime loaded what auto chose
 
 
