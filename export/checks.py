@@ -11,6 +11,11 @@ an AMD CPU; this rule holds on any CPU and still catches a wrong graph by orders
 fp32 graphs that fail make the export fail; fp16 and int8 graphs are reported with their verdict,
 which `backend="auto"` reads (it never picks a precision that failed); a TensorRT engine that fails
 is refused.
+
+Where openvino is installed, the graphs are also checked as backend "openvino" runs them: the fp32
+graphs in bf16 ("bf16 OpenVINO", judged by the reference model's own bf16 error under torch.autocast;
+only on a CPU where OpenVINO runs bf16) and the int8 graphs ("int8 OpenVINO", judged like int8).
+Their verdicts are recorded for `backend="auto"` like the others'.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from xclip_engine.engine.runtime.yardstick import MULTIPLE, Verdict, float64_cop
 
 from .graphs import family_of
 
-__all__ = ["MULTIPLE", "Row", "check_precision", "check_engines", "format_table", "yardstick"]
+__all__ = ["MULTIPLE", "Row", "bf16_reference", "check_precision", "check_engines", "check_openvino",
+           "format_table", "yardstick"]
 INT8_BOUND = 0.05   # int8 has no same-dtype reference: 5% of the logits' range, plus top-1
 
 
@@ -75,6 +81,15 @@ def reference_outputs(model, ids, px, dtype: torch.dtype = torch.float32) -> dic
     text = net.encode_text(ids)
     video, tokens = net.video_features(px.to(dtype))
     return {"text": text, "logits": net.logits_from_features(video, tokens, text), "video": video}
+
+
+@torch.inference_mode()
+def bf16_reference(model, ids, px) -> dict:
+    """The reference model's outputs under torch's bf16 autocast on the CPU (as float32): the
+    same-dtype reference of a bf16 path, whose own error against float64 bounds that path's."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = reference_outputs(model, ids, px)
+    return {k: v.float() for k, v in out.items()}
 
 
 def yardstick(model, ids, px, precisions) -> dict:
@@ -130,6 +145,59 @@ def check_precision(manifest, precision: str, refs: dict, ids, px) -> list[Row]:
         rows.append(Row(os.path.basename(path), os.path.getsize(path), precision, verdicts,
                         _fused_note(getattr(net, role).info)))
     return rows
+
+
+def check_openvino(manifest, model, refs: dict, ids, px, echo=None, int8_inputs=None) -> list[Row]:
+    """Rows "bf16 OpenVINO" (the fp32 graphs, bf16 inference) and "int8 OpenVINO" (the int8 graphs),
+    run through OvNet; none when openvino is not installed. `refs` gains "bf16" (the reference under
+    bf16 autocast) when the bf16 rows need it. `int8_inputs`: (refs, pixels) the int8 rows are judged
+    on, when not these (onnx_export._run_checks: the calibration clips)."""
+    from . import ov_runner
+
+    try:
+        ov_runner.require_openvino()
+    except ov_runner.OpenVINOUnavailable:
+        return []
+    say = echo or (lambda _msg: None)
+    rows = []
+    for label, precision in (("bf16 OpenVINO", "bf16"), ("int8 OpenVINO", "int8")):
+        if ov_runner.GRAPH_FILE[precision] not in manifest.precisions():
+            continue
+        if precision == "bf16" and not ov_runner.bf16_capable():
+            say("OpenVINO does not run bf16 on this CPU: no bf16 OpenVINO check")
+            continue
+        say(f"checking the {ov_runner.GRAPH_FILE[precision]} graphs in OpenVINO ({precision}) against the "
+            "reference ...")
+        if precision == "bf16" and "bf16" not in refs:
+            refs["bf16"] = bf16_reference(model, ids, px)
+        p_refs, p_px = int8_inputs if precision == "int8" and int8_inputs is not None else (refs, px)
+        rows += _openvino_rows(manifest, label, precision, p_refs, ids, p_px)
+    return rows
+
+
+def _openvino_rows(manifest, label: str, precision: str, refs: dict, ids, px) -> list[Row]:
+    from .ov_runner import GRAPH_FILE, OvNet
+
+    roles = manifest.roles
+    try:
+        net = OvNet(manifest, precision, "cpu")
+        v = judge_outputs(runtime_outputs(net, ids, px), refs, precision)
+        verdicts, notes = _role_verdicts(v, roles), {role: _ov_note(getattr(net, role).info) for role in roles}
+    except Exception as e:   # a graph OpenVINO cannot run fails its row: auto will not take it
+        why = f"OpenVINO failed: {type(e).__name__}: {str(e)[:200]}"
+        failed = [Verdict(key, precision, float("inf"), float("nan"), 0.0, (0, 0), False, why)
+                  for key in ("text", "logits", "video")]
+        verdicts = _role_verdicts(dict(zip(("text", "logits", "video"), failed)), roles)
+        notes = {role: why for role in roles}
+    rows = []
+    for role, role_verdicts in verdicts:
+        path = manifest.path(role, GRAPH_FILE[precision])
+        rows.append(Row(os.path.basename(path), os.path.getsize(path), label, role_verdicts, notes[role]))
+    return rows
+
+
+def _ov_note(info: dict) -> str:
+    return f"OpenVINO {info['openvino'].split('-')[0]}, inference precision {info['inference_precision']}"
 
 
 def check_engines(net, trt_info: dict, folder: str, refs: dict, ids, px) -> list[Row]:

@@ -29,7 +29,7 @@ from xclip_engine.engine.tokenizer import ClipTokenizer
 from . import checks
 from .graphs import FAMILY_GRAPHS, family_of, graph_modules
 from .manifest import file_entry, preprocessing, read_manifest, write_manifest
-from .precision import expand_reduce_l2, quantize_int8, to_fp16
+from .precision import expand_reduce_l2, to_fp16
 
 OPSET = 18
 OUR_FILES = (".onnx", ".plan", ".onnx.data", ".tmp")
@@ -187,13 +187,16 @@ def _class_labels(config, labels):
 
 def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | EVL | None = None, tokenizer=None,
                  labels=None, arch: str | None = None, backbone=None, random_init: bool = False,
-                 fp16: bool = False, int8: bool = False, tensorrt: bool = False, max_batch: int = 8,
-                 max_labels: int = 400, check: bool = True, check_labels=None, check_batch: int = 2,
-                 echo=print) -> ExportResult:
+                 fp16: bool = False, int8: bool = False, calibrate=None, calibrate_clips: int | None = None,
+                 tensorrt: bool = False, max_batch: int = 8, max_labels: int = 400, check: bool = True,
+                 check_labels=None, check_batch: int = 2, echo=print) -> ExportResult:
     """Export `source` (anything xe.load reads) or an in-memory `model` (an XCLIP or an EVL) to the folder `out`.
 
     EVL: one video graph (pixel_values -> logits, video_embeds); `labels` are its class names, one per
-    logit; `backbone` is the CLIP backbone file an official EVL checkpoint loads with. `check_batch`:
+    logit; `backbone` is the CLIP backbone file an official EVL checkpoint loads with. `int8`: a static
+    int8 video graph (quantize.py), calibrated on `calibrate` (a folder of clips, or pixel values
+    [N, T, 3, S, S] already preprocessed; None: the built-in clips), `calibrate_clips` of them (8);
+    X-CLIP's int8 precision runs the fp32 text graph (see _write_int8). `check_batch`:
     videos in the check's sample (2; a full-size test may take 1). Raises
     ExportCheckFailed when the fp32 graphs disagree with the reference, and
     trt_runner.TensorRTUnavailable when `tensorrt` is asked for where it cannot run (after the
@@ -201,6 +204,12 @@ def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | EVL |
     """
     if (source is None) == (model is None):
         raise ValueError("give a model source (path or registry name) or an in-memory model, not both or neither")
+    if calibrate is not None and not int8:
+        raise ValueError("calibration clips are for the int8 graphs: add --int8 (int8=True)")
+    if calibrate is not None and not torch.is_tensor(calibrate):
+        from .calibration import user_clips
+
+        user_clips(os.fspath(calibrate))          # a bad folder is refused before minutes of export
     if max_batch < 1 or max_labels < 1:
         raise ValueError(f"max_batch ({max_batch}) and max_labels ({max_labels}) must be at least 1")
     info = {"model": None, "kind": "in-memory", "origin": ""}
@@ -226,12 +235,9 @@ def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | EVL |
         entries[role]["fp32"] = _save(g, os.path.join(out, f"{role}.fp32.onnx"))
         if fp16:
             entries[role]["fp16"] = _save(to_fp16(g), os.path.join(out, f"{role}.fp16.onnx"))
-        if int8:
-            dst = os.path.join(out, f"{role}.int8.onnx")
-            quantize_int8(os.path.join(out, f"{role}.fp32.onnx"), dst)
-            onnx.checker.check_model(dst)
-            entries[role]["int8"] = file_entry(out, os.path.basename(dst))
     del graphs
+    int8_info, calibration = (_write_int8(out, model, entries, labels, tokenizer, calibrate, calibrate_clips, echo)
+                              if int8 else (None, None))
     names = FAMILY_GRAPHS[family]
     data = {"family": family, "config": config.to_dict(), "num_frames": config.num_frames,
             "image_size": config.image_size, "preprocessing": preprocessing(config),
@@ -249,17 +255,56 @@ def export_model(source=None, out: str = "xclip-export", *, model: XCLIP | EVL |
                      # with their hashes, so a load checks the tokenizer's files as it checks the graphs
                      "vocab": {"vocab": file_entry(out, "vocab.json"), "merges": file_entry(out, "merges.txt")}})
     data.update({"labels": list(labels) if labels else None, "source": info, "versions": _versions(),
-                 "tensorrt": None})
+                 "int8": int8_info, "tensorrt": None})
     write_manifest(out, data)
     result = ExportResult(out, manifest=data)
     if check:
-        _run_checks(result, model, tokenizer, check_labels or labels, echo, check_batch)
+        _run_checks(result, model, tokenizer, check_labels or labels, echo, check_batch, calibration)
     if tensorrt:
         _build_tensorrt(result, max_batch, max_labels, echo)
     return result
 
 
-def _run_checks(result: ExportResult, model, tokenizer, labels, echo, batch: int = 2) -> None:
+def _write_int8(out: str, model, entries: dict, labels, tokenizer, calibrate, clips, echo) -> tuple[dict, torch.Tensor]:
+    """The static int8 video graph, calibrated (calibration.py, quantize.py); returns the manifest's
+    record and the calibration pixels.
+
+    The text graph is not quantized: it runs once per label set and is cached, so int8 would save no
+    time per video and would only add its error to every label's features. X-CLIP's int8 entry for
+    the text role names the fp32 file (same content, same hash).
+    """
+    import time
+
+    from .calibration import DEFAULT_CLIPS, calibration_pixels, video_feeds
+    from .quantize import layers_kept_in_float, quantize_static_int8
+
+    t0 = time.perf_counter()
+    if torch.is_tensor(calibrate):
+        pixels, source = calibrate.float(), f"{len(calibrate)} clips given as pixel values"
+    else:
+        count = clips or DEFAULT_CLIPS
+        pixels = calibration_pixels(model.config, None if calibrate is None else os.fspath(calibrate), count, echo)
+        source = f"{len(pixels)} clips from {calibrate}" if calibrate is not None else f"{len(pixels)} built-in clips"
+    feeds = video_feeds(model, pixels, labels, tokenizer)
+    src = os.path.join(out, "video.fp32.onnx")
+    keep = layers_kept_in_float(onnx.load(src, load_external_data=False))
+    echo(f"quantizing the video graph to int8 ({len(keep)} attention / message matmuls stay float) ...")
+    dst = os.path.join(out, "video.int8.onnx")
+    info = quantize_static_int8(src, dst, feeds, keep)
+    onnx.checker.check_model(dst)
+    entries["video"]["int8"] = file_entry(out, os.path.basename(dst))
+    if "text" in entries:
+        entries["text"]["int8"] = entries["text"]["fp32"]
+    info.update(calibration=source, seconds=round(time.perf_counter() - t0, 1))
+    return info, pixels
+
+
+def _run_checks(result: ExportResult, model, tokenizer, labels, echo, batch: int = 2, calibration=None) -> None:
+    """Every precision's graphs against the reference (checks.py). The int8 graphs are judged on the
+    first `batch` calibration clips instead of the seeded normal pixels: static int8 fixed its scales
+    on clips like those, and pixels of another distribution overflow them (the check asks whether
+    the graph computes the model on the inputs it was made for; the accuracy on held-out clips is
+    what tests/export/test_precision.py and the ladder measure)."""
     manifest = read_manifest(result.folder)
     if tokenizer is not None:      # X-CLIP: a few labels' text; EVL has none
         labels = list(labels)[:16] if labels else load_labels("k400")[:16]
@@ -268,9 +313,15 @@ def _run_checks(result: ExportResult, model, tokenizer, labels, echo, batch: int
          + (", fp16" if "fp16" in manifest.precisions() else "") + ") ...")
     refs = checks.yardstick(model, ids, px, manifest.precisions())
     result.samples = (refs, ids, px)      # the TensorRT engines are checked on the same inputs
+    int8_inputs = (refs, px)
+    if calibration is not None and "int8" in manifest.precisions():
+        px8 = calibration[:batch].float()
+        int8_inputs = ({"fp64": checks.reference_outputs(model, ids, px8, torch.float64)}, px8)
     for precision in manifest.precisions():
         echo(f"checking the {precision} graphs in ONNX Runtime against the reference ...")
-        result.rows += checks.check_precision(manifest, precision, refs, ids, px)
+        p_refs, p_px = int8_inputs if precision == "int8" else (refs, px)
+        result.rows += checks.check_precision(manifest, precision, p_refs, ids, p_px)
+    result.rows += checks.check_openvino(manifest, model, refs, ids, px, echo, int8_inputs)   # none without openvino
     result.ok = all(r.ok for r in result.rows if r.precision == "fp32")
     result.table = checks.format_table(result.rows)
     data = dict(result.manifest)

@@ -1,4 +1,4 @@
-"""Lower-precision variants of an exported fp32 graph: mixed fp16 and dynamic int8.
+"""Lower-precision variants of an exported fp32 graph: mixed fp16 here; static int8 in quantize.py.
 
 fp16 (for GPUs, TensorRT 10 strongly typed and 11): weights and matmuls in fp16; layer norm,
 softmax, reductions, the cosine-similarity tail (normalise, dot product, exp of the logit scale)
@@ -6,9 +6,7 @@ kept in fp32 with explicit Casts; inputs and outputs stay fp32, so callers feed 
 The converter is ONNX Runtime's `onnxruntime.transformers.float16` (the maintained copy of
 onnxconverter-common's), driven by the block lists below.
 
-int8 (for CPUs): ONNX Runtime's dynamic quantization (`quantize_dynamic`): MatMul / Gemm
-weights stored as int8, activations quantized per call; attention's activation-by-activation
-matmuls stay fp32 (MatMulConstBOnly). Reference: ONNX Runtime docs, "Quantize ONNX models".
+int8 (for CPUs) is static, calibrated quantization: export/quantize.py.
 """
 
 from __future__ import annotations
@@ -92,25 +90,3 @@ def _tidy(model: onnx.ModelProto) -> int:
     del model.graph.value_info[:]
     model.graph.value_info.extend(unique)
     return dropped
-
-
-def quantize_int8(src: str, dst: str) -> None:
-    """Dynamic int8 quantization of the weight matmuls of the fp32 graph at `src`, written to `dst`."""
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # it logs a root-logger hint to pre-process (shape inference) first, aimed at static quantization;
-    # dynamic weight quantization of MatMul/Gemm does not need it
-    model = onnx.load(src)
-    # the exporter's value_info can name weights; the quantizer rewrites Gemm(transB) as MatMul on the
-    # transposed weight, and a stale shape for it then fails its shape inference. It re-infers all.
-    del model.graph.value_info[:]
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(model, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
-                         per_channel=False, extra_options={"MatMulConstBOnly": True})
-    finally:
-        root.setLevel(level)

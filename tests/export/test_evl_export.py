@@ -117,7 +117,7 @@ def test_video_graph_has_a_dynamic_batch(evl_export):
 
 
 def test_check_judges_every_precision_and_prints_the_table(evl_export):
-    rows = {r.file: r for r in evl_export.rows}
+    rows = {r.file: r for r in evl_export.rows if "OpenVINO" not in r.precision}   # OpenVINO's: test_openvino.py
     assert set(rows) == {"video.fp32.onnx", "video.fp16.onnx", "video.int8.onnx"}
     assert evl_export.ok and rows["video.fp32.onnx"].ok and rows["video.fp16.onnx"].ok
     for row in rows.values():
@@ -133,7 +133,8 @@ def test_check_judges_every_precision_and_prints_the_table(evl_export):
     printed = "\n".join(evl_export.log)
     assert "ref's own" in printed and "video.int8.onnx" in printed and "float64" in printed
     assert "text.fp32.onnx" not in printed
-    saved = {c["file"]: c for c in json.loads(open(os.path.join(evl_export.folder, "manifest.json")).read())["checks"]}
+    saved = {c["file"]: c for c in json.loads(open(os.path.join(evl_export.folder, "manifest.json")).read())["checks"]
+             if "OpenVINO" not in c["precision"]}
     assert set(saved) == set(rows) and saved["video.int8.onnx"]["ok"] == int8.ok
     assert set(saved["video.fp32.onnx"]["outputs"]) == {"logits", "video"}
 
@@ -236,7 +237,8 @@ def test_auto_on_the_export_folder_measures_its_checked_precisions(evl_export, t
     int8 = paths["onnxruntime int8"]
     if int8.available:                                 # its export check passed: timed and compared here
         assert int8.seconds > 0 and int8.verified == (int8.error <= int8.bound)
-    assert m.backend == "onnxruntime" and m.net.precision == m.choice.precision
+    best = min((p for p in paths.values() if p.verified and p.seconds), key=lambda p: p.seconds)
+    assert (m.backend, m.choice.precision) == (best.backend, best.precision) and m.net.precision == m.choice.precision
     assert isinstance(m.config, EVLConfig)
 
 
@@ -368,6 +370,7 @@ def test_full_size_b16_export_passes_its_check(tmp_path):
     t0 = time.perf_counter()
     result = export_model(model=model, out=str(tmp_path / "evl"), check_batch=1, echo=lambda m: None)
     print(f"\nB/16 EVL export + check: {time.perf_counter() - t0:.0f} s\n{result.table}")
-    assert result.ok and [r.file for r in result.rows] == ["video.fp32.onnx"]
-    logits, video = result.rows[0].verdicts
+    fp32 = [r for r in result.rows if r.precision == "fp32"]     # (+ a bf16 OpenVINO row where installed)
+    assert result.ok and [r.file for r in fp32] == ["video.fp32.onnx"]
+    logits, video = fp32[0].verdicts
     assert logits.ok and video.ok and logits.top1 == (1, 1), result.table

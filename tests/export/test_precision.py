@@ -1,4 +1,5 @@
-"""fp16 and int8 graphs: the intended ops in fp32, fp16 within docs/tolerances.md §5, int8 top-1 agreement."""
+"""fp16 and int8 graphs: the intended ops in fp32, fp16 within docs/tolerances.md §5, int8 top-1 agreement
+on the bundled model (full-size B/32: tests/parity/test_export_parity.py)."""
 
 import copy
 import os
@@ -75,24 +76,6 @@ def test_fp16_within_tolerance_of_design(tiny_export, reference, inputs):
     assert torch.equal(logits.argmax(-1), logits32.argmax(-1))
 
 
-def test_int8_top1_agrees_with_fp32(tiny_export):
-    # random init: 256 random videos x 32 labels (the bundled model's clips: the test below)
-    fp32 = load_runtime(tiny_export.folder, "onnxruntime", "cpu", precision="fp32")
-    int8 = load_runtime(tiny_export.folder, "onnxruntime", "cpu", precision="int8")
-    g = torch.Generator().manual_seed(11)
-    px = torch.randn(256, 4, 3, 32, 32, generator=g)
-    labels = load_labels("k400")[:32]
-    a, b = fp32.logits(px, labels), int8.logits(px, labels)
-    assert torch.isfinite(b).all()
-    agree = a.argmax(-1) == b.argmax(-1)
-    assert float(agree.float().mean()) >= 0.99, f"int8 agrees with fp32 on {int(agree.sum())}/256 videos"
-    # a disagreement is only acceptable on a near tie: fp32's top-2 margin within int8's error on that video
-    top2 = a.topk(2, dim=-1).values
-    margin, err = top2[:, 0] - top2[:, 1], (a - b).abs().max(dim=-1).values
-    assert bool((margin[~agree] <= 2 * err[~agree]).all())
-    assert float((a - b).abs().max()) > 0     # really quantized, not the fp32 graph again
-
-
 def test_reduce_l2_rewrite_is_the_same_arithmetic(tmp_path):
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [-1])
     node = helper.make_node("ReduceL2", ["x", "axes"], ["y"], name="norm", keepdims=1)
@@ -110,8 +93,8 @@ def test_reduce_l2_rewrite_is_the_same_arithmetic(tmp_path):
 
 
 def test_int8_top1_agrees_with_fp32_on_the_bundled_models_test_clips(shapes_test_clips, tmp_path):
-    # The issue's check: >= 200 held-out clips of the bundled model, which (unlike random init)
-    # has real margins between its classes. Measured at bundling: see README "The bundled model".
+    # >= 99% on the bundled model's 240 held-out clips, which (unlike random init) has real margins
+    # between its classes; int8 calibrated on the built-in clips (none of them a test clip)
     paths, _, names = shapes_test_clips
     export_model(default_model_path(), str(tmp_path / "onnx"), fp16=False, int8=True, echo=lambda *_: None)
     top1 = {}
@@ -120,4 +103,4 @@ def test_int8_top1_agrees_with_fp32_on_the_bundled_models_test_clips(shapes_test
         top1[precision] = [p.top[0][0] for p in m.classify(paths, names, topk=1, batch_size=16)]
     agree = sum(a == b for a, b in zip(top1["fp32"], top1["int8"]))
     print(f"bundled model: int8 top-1 agrees with fp32 on {agree}/{len(paths)} held-out clips")
-    assert agree >= 0.97 * len(paths), f"int8 agrees with fp32 on {agree}/{len(paths)} clips"
+    assert agree >= 0.99 * len(paths), f"int8 agrees with fp32 on {agree}/{len(paths)} clips"

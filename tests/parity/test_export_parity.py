@@ -5,8 +5,12 @@ Two models, each exported once per module: the tiny test architecture and full X
 (8 frames, 224 px), both transformers random init saved with save_pretrained (weights scaled so
 every branch counts, tests/xclip_factory.py) and read by xe.load. The export runs its own check
 (export_model raises when the fp32 graphs fail it): the full-size B/32 export must pass it on any
-CPU. The B/32 export takes about a minute.
+CPU. The B/32 export takes about a minute. Each export also writes the static int8 video graph,
+calibrated on 4 seeded videos of the test inputs' distribution (as a user calibrates on clips like
+theirs), judged by top-1 agreement with fp32 on 64 other seeded videos x 400 labels.
 """
+
+import importlib.util
 
 import pytest
 import torch
@@ -27,11 +31,15 @@ def pair(request, tmp_path_factory):
     hf_model(kwargs).save_pretrained(src)
     reference = xe.load(str(src), device="cpu")
     out = tmp_path_factory.mktemp(f"onnx-{request.param}") / "export"
-    result = export_model(str(src), str(out), echo=lambda m: None)   # raises if its own check fails
-    assert result.ok and {r.file for r in result.rows} == {"text.fp32.onnx", "video.fp32.onnx"}
+    c = reference.config
+    g = torch.Generator().manual_seed(2)
+    calibration = torch.randn(4, c.num_frames, 3, c.image_size, c.image_size, generator=g)
+    result = export_model(str(src), str(out), int8=True, calibrate=calibration,
+                          echo=lambda m: None)   # raises if its own fp32 check fails
+    assert result.ok and {r.file for r in result.rows if r.precision == "fp32"} == {"text.fp32.onnx",
+                                                                                    "video.fp32.onnx"}
     print(f"\n{request.param} export check:\n{result.table}")
     runtime = xe.load(str(out), backend="onnxruntime", device="cpu")
-    c = reference.config
     g = torch.Generator().manual_seed(1)
     pixels = torch.randn(batch, c.num_frames, 3, c.image_size, c.image_size, generator=g)
     return reference, runtime, pixels
@@ -57,3 +65,24 @@ def test_ort_fp32_matches_reference(pair):
     # the served graphs are the fused ones, checked against the plain graphs when they were made
     info = runtime.net.describe()
     assert info["video"]["fusion"] == "on" and info["video"]["fused"].get("QuickGelu", 0) > 0
+
+
+INT8_RUNTIMES = ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino is not installed (the [openvino] extra)"))]
+
+
+@pytest.mark.parametrize("backend", INT8_RUNTIMES)
+def test_static_int8_top1_agrees_with_fp32(pair, backend):
+    reference, runtime, _ = pair
+    c = reference.config
+    pixels = torch.randn(64, c.num_frames, 3, c.image_size, c.image_size, generator=torch.Generator().manual_seed(3))
+    text = runtime.encode_text(load_labels("k400"))
+    int8 = xe.load(runtime.origin, backend=backend, precision="int8", device="cpu")
+    with torch.inference_mode():
+        a = torch.cat([runtime.logits(pixels[i:i + 8], text) for i in range(0, 64, 8)])
+        b = torch.cat([int8.logits(pixels[i:i + 8], text) for i in range(0, 64, 8)])
+    agree = int((a.argmax(-1) == b.argmax(-1)).sum())
+    err = float((a - b).abs().max() / (a.max() - a.min()))
+    print(f"int8 on {backend}: top-1 agrees with fp32 on {agree}/64, max logit error {100 * err:.2f}% of the range")
+    assert agree >= 0.99 * 64, f"int8 ({backend}) agrees with fp32 on {agree}/64 seeded videos"
+    assert err > 0                 # really quantized, not the fp32 graph again
