@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_export import _HFVideoTower  # noqa: E402
 from common import machine, matmul_gflops  # noqa: E402
 from ladder_report import summarize, targets, write_all  # noqa: E402
-from ladder_rungs import COMPILE_RUNGS, ONNX_RUNGS, RUNGS, run_rung  # noqa: E402
+from ladder_rungs import COMPILE_RUNGS, NNCF_FILE, ONNX_RUNGS, RUNGS, run_rung  # noqa: E402
 
 # transformers XCLIPConfig keyword arguments of each model (its defaults are B/32, 8 frames)
 MODELS = {
@@ -70,7 +70,7 @@ def prepare(work: str, model: str, batches, k: int, echo=print, export: bool = T
     from xclip_engine.export.runtime import load_runtime
 
     torch.manual_seed(0)
-    hf = XCLIPModel(XCLIPConfig(**MODELS[model])).eval()
+    hf = realistic_init(XCLIPModel(XCLIPConfig(**MODELS[model])).eval())
     hf.save_pretrained(os.path.join(work, "hf"))
     with open(os.path.join(work, "labels.json"), "w") as f:
         json.dump(label_names(k), f)
@@ -81,17 +81,57 @@ def prepare(work: str, model: str, batches, k: int, echo=print, export: bool = T
         np.save(os.path.join(work, f"pixels_b{b}.npy"), px.numpy())
     if not export:
         return
-    echo(f"{model}: exporting ours (fp32 + int8) ...")
+    echo(f"{model}: exporting ours (fp32 + static int8) ...")
     quiet = (lambda *a, **kw: None)
-    export_model(os.path.join(work, "hf"), os.path.join(work, "onnx"), int8=True, tensorrt=_gpu_with_tensorrt(),
-                 check=False, echo=quiet)
+    # int8 is calibrated on clips like the ones it will see (as a user's --calibrate DIR would be): here
+    # 8 more seeded normal videos, the ladder's own distribution, none of them a timed input
+    calibration = torch.randn(8, vc.num_frames, 3, vc.image_size, vc.image_size, generator=g)
+    export_model(os.path.join(work, "hf"), os.path.join(work, "onnx"), int8=True, calibrate=calibration,
+                 tensorrt=_gpu_with_tensorrt(), echo=quiet)   # checked: backend auto takes only checked paths
+    prepare_nncf(work, calibration, echo)
     echo(f"{model}: plain torch.onnx.export of transformers' video tower ...")
     px = torch.randn(2, vc.num_frames, 3, vc.image_size, vc.image_size)
     prog = torch.onnx.export(_HFVideoTower(hf).eval(), (px,), input_names=["pixel_values"], dynamo=True,
                              dynamic_shapes={"pixel_values": {0: torch.export.Dim("B", min=1)}}, verbose=False)
     prog.save(os.path.join(work, "hf_video.onnx"))
     for precision in ("fp32", "int8"):   # the first load fuses and caches; rungs time cached loads
+        # (OpenVINO's compiled-model cache fills on the openvino rungs' warm-up calls, which are not timed)
         load_runtime(os.path.join(work, "onnx"), "onnxruntime", "cpu", precision=precision)
+
+
+def realistic_init(hf):
+    """Weights of realistic spread (1/sqrt(fan-in), as trained CLIP weights have) in place of
+    transformers' std 0.02, whose near-flat logits make top-1 agreement a coin toss; returns hf."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if p.ndim == 2 and "embedding" not in name:
+                p.normal_(std=p.shape[1] ** -0.5)
+        hf.logit_scale.fill_(4.0)
+    return hf
+
+
+def prepare_nncf(work: str, calibration: torch.Tensor, echo=print) -> None:
+    """OpenVINO's own int8 of our fp32 video graph (the openvino_nncf_int8 peer), by NNCF's post-training
+    quantization (transformer preset) on the same calibration videos and labels as ours."""
+    import importlib.util
+
+    if importlib.util.find_spec("nncf") is None or importlib.util.find_spec("openvino") is None:
+        echo("nncf or openvino is not installed: the openvino_nncf_int8 rung will be skipped")
+        return
+    import nncf
+    import openvino as ov
+
+    import xclip_engine as xe
+    from xclip_engine.export.calibration import video_feeds
+
+    echo("quantizing our fp32 video graph with NNCF (the OpenVINO int8 peer) ...")
+    m = xe.load(os.path.join(work, "hf"))
+    with open(os.path.join(work, "labels.json")) as f:
+        feeds = video_feeds(m.net, calibration, json.load(f))
+    core = ov.Core()
+    quantized = nncf.quantize(core.read_model(os.path.join(work, "onnx", "video.fp32.onnx")), nncf.Dataset(feeds),
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
+    ov.save_model(quantized, os.path.join(work, NNCF_FILE))
 
 
 def _rung_in_subprocess(rung, work, batches, repeats) -> dict:

@@ -6,11 +6,12 @@ import os
 import statistics
 
 from common import write_report
-from ladder_rungs import BF16_RUNGS, RUNGS
+from ladder_rungs import BF16_RUNGS, OPENVINO_PEERS, RUNGS
 
 COLUMNS = ["model", "batch", "rung", "videos/s", "x hf_fp32", "p50 s", "p90 s", "peak RSS MiB", "GFLOP/s",
            "% fp32 mm", "% bf16 mm", "max err % range", "top-1 agree", "note"]
-LOW_PRECISION = ("ours_bf16", "ours_bf16_compile", "ort_int8", "ours_autocast_bf16")
+LOW_PRECISION = ("ours_bf16", "ours_bf16_compile", "ort_int8", "ours_autocast_bf16", "ours_openvino_bf16",
+                 "ours_openvino_int8")
 
 
 def _percentile(xs, q):
@@ -111,6 +112,41 @@ def targets(rows, model="B/32") -> list[dict]:
         fastest = max(eager, key=lambda r: r["videos/s"], default=None)
         add(f"ours_auto / {fastest['rung'] if fastest else 'fastest eager rung'} at batch {b} (>= 0.9)",
             ratio(_get(rows, model, b, "ours_auto"), fastest and fastest["videos/s"]), 0.9)
+    out += cpu_targets(rows, model)
+    return out
+
+
+def cpu_targets(rows, model="B/32") -> list[dict]:
+    """The CPU speed targets: the path auto takes on an --int8 export folder (export_auto) against
+    transformers' fp32 forward and against OpenVINO's fastest rung on our graph, and bf16 against
+    the measured bf16 matmul rate. B/16 gets its own ratio when it ran."""
+    out = []
+
+    def add(what, value, goal):
+        out.append({"what": what, "value": None if value is None else round(value, 3),
+                    "met": value is not None and value >= goal})
+
+    def ratio(a, b):
+        return a / b if a and b else None
+
+    for b, goal in ((8, 7), (1, 10)):
+        add(f"export_auto / hf_fp32 at batch {b} (>= {goal}; moonshot 10 at batch 8)",
+            ratio(_get(rows, model, b, "export_auto"), _get(rows, model, b, "hf_fp32")), goal)
+    peers = [r for r in rows if (r["model"], r["batch"]) == (model, 8) and r["rung"] in OPENVINO_PEERS
+             and "videos/s" in r]
+    peer = max(peers, key=lambda r: r["videos/s"], default=None)
+    auto_agree = _get(rows, model, 8, "export_auto", "top-1 agree")
+    peer_agree = peer.get("top-1 agree") if peer else None
+    value = ratio(_get(rows, model, 8, "export_auto"), peer and peer["videos/s"])
+    add(f"export_auto / {peer['rung'] if peer else 'fastest OpenVINO rung'} at batch 8 (>= 1, with top-1 agreement "
+        f"{auto_agree} vs {peer_agree})",
+        value if auto_agree is not None and peer_agree is not None and auto_agree >= peer_agree else None, 1)
+    bf16 = [_get(rows, model, 8, r, "% bf16 mm") for r in ("ours_bf16", "ours_openvino_bf16")]
+    add("best bf16 rung, % of the bf16 matmul rate at batch 8 (>= 85)", max([v for v in bf16 if v], default=None),
+        85)
+    if any(r["model"] == "B/16" for r in rows):
+        add("B/16 export_auto / hf_fp32 at batch 8 (>= 5)",
+            ratio(_get(rows, "B/16", 8, "export_auto"), _get(rows, "B/16", 8, "hf_fp32")), 5)
     return out
 
 

@@ -31,14 +31,27 @@ RUNGS = {
     "ours_bf16": "ours, reference backend bf16 (engine/runtime/bf16.py)",
     "ours_bf16_compile": "ours, bf16 under torch.compile",
     "ort_fp32": "ours, exported graphs in ONNX Runtime fp32",
-    "ort_int8": "ours, exported graphs in ONNX Runtime int8 (dynamic quantization)",
-    "ours_auto": "ours, backend auto (the path it measured fastest and verified; calibration not timed)",
+    "ort_int8": "ours, static int8 graph (export --int8) in ONNX Runtime",
+    "openvino_fp32": "peer: OpenVINO on our exported fp32 graphs, f32",
+    "openvino_bf16": "peer: OpenVINO on our exported fp32 graphs, bf16 inference precision",
+    "openvino_nncf_int8": "peer: OpenVINO int8 by NNCF's own quantization (transformer preset) of our fp32 graph, "
+                          "same calibration clips",
+    "ours_openvino_bf16": "ours, backend openvino bf16 (export folder)",
+    "ours_openvino_int8": "ours, static int8 graph (export --int8) on backend openvino",
+    "ours_auto": "ours, backend auto on the checkpoint (the path it measured fastest and verified; calibration "
+                 "not timed)",
+    "export_auto": "ours, backend auto on the export folder made with --int8 (the deploy path)",
     "triton": "ours, triton backend (fused kernels), GPU",
     "tensorrt_fp16": "ours, TensorRT fp16 engine, GPU",
 }
-BF16_RUNGS = {"hf_bf16_autocast", "ours_autocast_bf16", "ours_bf16", "ours_bf16_compile"}
+BF16_RUNGS = {"hf_bf16_autocast", "ours_autocast_bf16", "ours_bf16", "ours_bf16_compile", "openvino_bf16",
+              "ours_openvino_bf16"}
+OPENVINO_PEERS = ("openvino_fp32", "openvino_bf16", "openvino_nncf_int8")
 COMPILE_RUNGS = {"ours_fp32_compile", "ours_bf16_compile"}
-ONNX_RUNGS = {"hf_video_onnx", "ort_fp32", "ort_int8", "tensorrt_fp16"}   # need ladder.prepare's exports
+# need ladder.prepare's exports
+ONNX_RUNGS = {"hf_video_onnx", "ort_fp32", "ort_int8", "tensorrt_fp16", "export_auto", "ours_openvino_bf16",
+              "ours_openvino_int8", *OPENVINO_PEERS}
+NNCF_FILE = "openvino_nncf_int8.xml"
 
 
 class Skip(Exception):
@@ -117,13 +130,18 @@ def build(rung: str, work: str, px: torch.Tensor):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return hf(input_ids=ids, pixel_values=px).logits_per_video.float()
         return autocast_call, extra
-    if rung in ("ort_fp32", "ort_int8", "tensorrt_fp16"):
+    if rung in OPENVINO_PEERS:
+        return _openvino_peer(rung, work, px, names), extra
+    if rung in ("ort_fp32", "ort_int8", "tensorrt_fp16", "ours_openvino_bf16", "ours_openvino_int8"):
         from xclip_engine.export.runtime import load_runtime
 
         if rung == "tensorrt_fp16":
             if not _has_plan(work):
                 raise Skip("no TensorRT plan was built (needs the tensorrt package and a GPU at prepare time)")
             m = load_runtime(os.path.join(work, "onnx"), "tensorrt", "cuda")
+        elif rung.startswith("ours_openvino"):
+            _need_openvino()
+            m = load_runtime(os.path.join(work, "onnx"), "openvino", "cpu", precision=rung.rsplit("_", 1)[1])
         else:
             m = load_runtime(os.path.join(work, "onnx"), "onnxruntime", "cpu", precision=rung.split("_")[1])
     elif rung == "triton":
@@ -131,11 +149,16 @@ def build(rung: str, work: str, px: torch.Tensor):
             m = _ours(work, backend="triton", device="cuda")
         except NotImplementedError as e:
             raise Skip(str(e)) from None
-    elif rung == "ours_auto":
+    elif rung in ("ours_auto", "export_auto"):
         # the verdict is kept in the work folder: a first run calibrates (timed apart), later ones read it
         os.environ.setdefault("XCLIP_ENGINE_CACHE", os.path.join(work, "auto_cache"))
         t0 = time.perf_counter()
-        m = _ours(work, backend="auto", device=str(_device()))
+        if rung == "ours_auto":
+            m = _ours(work, backend="auto", device=str(_device()))
+        else:
+            import xclip_engine as xe
+
+            m = xe.load(os.path.join(work, "onnx"), backend="auto", device=str(_device()))
         extra.update(load_seconds=time.perf_counter() - t0, auto_choice=f"{m.choice.backend} {m.choice.precision}",
                      calibration_seconds=m.choice.calibration_s, auto_cached=m.choice.cached)
     else:
@@ -158,6 +181,47 @@ def build(rung: str, work: str, px: torch.Tensor):
                 return m.logits(px, text).float()
         return autocast_ours, extra
     return (lambda: m.logits(px, text)), extra
+
+
+def _need_openvino():
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:
+        raise Skip("openvino is not installed (pip install 'xclip-engine[openvino]')")
+
+
+def openvino_hint(core, want: str) -> str:
+    """OpenVINO's inference precision for `want`: bf16 only where its CPU plugin runs bf16."""
+    return "bf16" if want == "bf16" and "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+
+
+def _openvino_peer(rung: str, work: str, px: torch.Tensor, names):
+    """What an OpenVINO user gets from our exported graphs with OpenVINO's own API and tools: the
+    graphs read and compiled as they are (f32 or bf16 inference precision), or the video graph
+    quantized by NNCF (ladder.prepare_nncf). Text features once, from the fp32 text graph."""
+    _need_openvino()
+    import openvino as ov
+
+    core = ov.Core()
+    folder = os.path.join(work, "onnx")
+    video = os.path.join(folder, "video.fp32.onnx")
+    hint = openvino_hint(core, "bf16" if rung != "openvino_fp32" else "fp32")
+    if rung == "openvino_nncf_int8":
+        video = os.path.join(work, NNCF_FILE)
+        if not os.path.isfile(video):
+            raise Skip("no NNCF int8 model: nncf was not installed when the ladder prepared its models "
+                       "(pip install nncf, then run again with a fresh --work)")
+    cfg = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    text_net = core.compile_model(core.read_model(os.path.join(folder, "text.fp32.onnx")), "CPU", cfg)
+    ids = _token_ids(work, names).numpy()
+    text = text_net.create_infer_request().infer({"input_ids": ids})[text_net.output(0)].copy()
+    net = core.compile_model(core.read_model(video), "CPU", cfg)
+    request, pixels = net.create_infer_request(), px.numpy()
+
+    def call():
+        out = request.infer({"pixel_values": pixels, "text_features": text})
+        return torch.from_numpy(out[net.output(0)].copy())
+    return call
 
 
 def _has_plan(work: str) -> bool:
