@@ -26,6 +26,7 @@ RUNGS = {
     "hf_video_onnx": "plain torch.onnx.export of transformers' video tower, ONNX Runtime (video embedding only)",
     "ours_fp32": "ours, reference backend fp32, text features cached",
     "ours_fp32_video": "ours, reference fp32 video tower alone (encode_video, no labels)",
+    "ours_onednn_fp32": "ours, backend onednn: the reference with its fp32 projections on oneDNN's GEMM",
     "ours_fp32_compile": "ours, reference fp32 under torch.compile",
     "ours_autocast_bf16": "ours, fp32 weights under torch.autocast(bf16)",
     "ours_bf16": "ours, reference backend bf16 (engine/runtime/bf16.py)",
@@ -161,6 +162,8 @@ def build(rung: str, work: str, px: torch.Tensor):
             m = xe.load(os.path.join(work, "onnx"), backend="auto", device=str(_device()))
         extra.update(load_seconds=time.perf_counter() - t0, auto_choice=f"{m.choice.backend} {m.choice.precision}",
                      calibration_seconds=m.choice.calibration_s, auto_cached=m.choice.cached)
+    elif rung == "ours_onednn_fp32":
+        m = _ours(work, backend="onednn")
     else:
         m = _ours(work, precision="bf16" if rung.startswith("ours_bf16") else None)
     t0 = time.perf_counter()
