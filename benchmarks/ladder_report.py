@@ -77,16 +77,22 @@ def best_low_precision(rows, model, batch):
     return max(equal or cands, key=lambda r: r["videos/s"], default=None)
 
 
-def targets(rows, model="B/32") -> list[dict]:
-    """The speed targets (listed below) on this run's figures (B/32, K as run); None where a rung did not run."""
-    out = []
+def ratio(a, b):
+    return a / b if a and b else None
 
+
+def _adder(out: list):
+    """add(what, value, goal): one target row into `out`, met when value >= goal."""
     def add(what, value, goal):
         out.append({"what": what, "value": None if value is None else round(value, 3),
                     "met": value is not None and value >= goal})
+    return add
 
-    def ratio(a, b):
-        return a / b if a and b else None
+
+def targets(rows, model="B/32") -> list[dict]:
+    """The speed targets (listed below) on this run's figures (B/32, K as run); None where a rung did not run."""
+    out = []
+    add = _adder(out)
 
     hf8, hf1 = _get(rows, model, 8, "hf_fp32"), _get(rows, model, 1, "hf_fp32")
     add("ours_fp32 / hf_fp32 at batch 8 (>= 2.5)", ratio(_get(rows, model, 8, "ours_fp32"), hf8), 2.5)
@@ -121,13 +127,7 @@ def cpu_targets(rows, model="B/32") -> list[dict]:
     transformers' fp32 forward and against OpenVINO's fastest rung on our graph, and bf16 against
     the measured bf16 matmul rate. B/16 gets its own ratio when it ran."""
     out = []
-
-    def add(what, value, goal):
-        out.append({"what": what, "value": None if value is None else round(value, 3),
-                    "met": value is not None and value >= goal})
-
-    def ratio(a, b):
-        return a / b if a and b else None
+    add = _adder(out)
 
     for b, goal in ((8, 7), (1, 10)):
         add(f"export_auto / hf_fp32 at batch {b} (>= {goal}; moonshot 10 at batch 8)",

@@ -165,6 +165,16 @@ def fuse(path: str, config, role: str, cpu_only: bool = False):
     return om.model, stats
 
 
+def check_io_names(graph, ins: list[str], outs: list[str]) -> None:
+    """A graph (GraphSession, ov_runner.OvGraph) whose input/output names are not the manifest's is
+    refused: a valid ONNX file, but not the one exported here."""
+    if ins != graph.expected_inputs or outs != graph.expected_outputs:
+        raise ExportFolderError(
+            f"{graph.path}: the {graph.role} graph has inputs {ins} and outputs {outs}; xclip-engine expects "
+            f"inputs {graph.expected_inputs} and outputs {graph.expected_outputs}. The file was replaced or "
+            "not made by `xclip-engine export`: re-export the folder")
+
+
 class GraphSession:
     """One graph in one ONNX Runtime session, built through the fuse / check / cache steps above."""
 
@@ -286,13 +296,7 @@ class GraphSession:
         return fused
 
     def _check_names(self):
-        ins = [i.name for i in self.session.get_inputs()]
-        outs = [o.name for o in self.session.get_outputs()]
-        if ins != self.expected_inputs or outs != self.expected_outputs:
-            raise ExportFolderError(
-                f"{self.path}: the {self.role} graph has inputs {ins} and outputs {outs}; xclip-engine expects "
-                f"inputs {self.expected_inputs} and outputs {self.expected_outputs}. The file was replaced or "
-                "not made by `xclip-engine export`: re-export the folder")
+        check_io_names(self, [i.name for i in self.session.get_inputs()], [o.name for o in self.session.get_outputs()])
 
     def run(self, **feeds) -> list[np.ndarray]:
         return self.session.run(None, feeds)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .manifest import CACHE_DIR, ExportFolderError, Manifest
-from .ort_runner import OrtNet, _writable
+from .ort_runner import OrtNet, _writable, check_io_names
 
 OPENVINO_INSTALL = "pip install 'xclip-engine[openvino]'"
 OV_PRECISIONS = ("fp32", "bf16", "int8")
@@ -132,13 +132,8 @@ class OvGraph:
                      "loaded_from_cache": _loaded_from_cache(self.compiled), "openvino": ov.__version__}
 
     def _check_names(self):
-        ins = [p.get_any_name() for p in self.compiled.inputs]
-        outs = [p.get_any_name() for p in self.compiled.outputs]
-        if ins != self.expected_inputs or outs != self.expected_outputs:
-            raise ExportFolderError(
-                f"{self.path}: the {self.role} graph has inputs {ins} and outputs {outs}; xclip-engine expects "
-                f"inputs {self.expected_inputs} and outputs {self.expected_outputs}. The file was replaced or "
-                "not made by `xclip-engine export`: re-export the folder")
+        check_io_names(self, [p.get_any_name() for p in self.compiled.inputs],
+                       [p.get_any_name() for p in self.compiled.outputs])
 
     def run(self, **feeds) -> list[np.ndarray]:
         with self._lock:

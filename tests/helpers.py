@@ -32,3 +32,18 @@ def assert_close(actual, expected, rtol=1e-4, atol=0.0, name="tensor", scale=Non
             f"{name}: max |diff| {float(err.max()):.3g} > bound {bound:.3g} "
             f"(rtol {rtol} x scale {scale:.4g} + atol {atol}); worst:\n" + "\n".join(rows))
     return float(err.max()) / scale if scale else float(err.max()) if err.numel() else 0.0
+
+
+def assert_classifies_like(model, reference, tmp_path, labels, tolerance: float = 1e-4):
+    """`model` classifies two real files (H.264 MP4, VP9 WebM) as `reference` does (same top-3 labels,
+    scores within `tolerance`), and answers a missing file with an error naming it."""
+    from video_factory import write_index_video
+
+    paths = [write_index_video(tmp_path / "a.mp4", 20, codec="h264", size=(64, 48)),
+             write_index_video(tmp_path / "b.webm", 9, codec="vp9", size=(48, 64))]
+    got = model.classify(paths + [str(tmp_path / "missing.mp4")], labels, topk=3)
+    want = reference.classify(paths, labels, topk=3)
+    for g, w in zip(got, want):
+        assert [lab for lab, _ in g.top] == [lab for lab, _ in w.top]
+        assert max(abs(a - b) for (_, a), (_, b) in zip(g.top, w.top)) < tolerance
+    assert got[2].error and "missing.mp4" in got[2].error

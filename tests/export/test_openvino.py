@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("openvino")
 
 import torch  # noqa: E402
+from helpers import assert_classifies_like  # noqa: E402
 from video_factory import write_index_video  # noqa: E402
 
 import xclip_engine as xe  # noqa: E402
@@ -135,14 +136,7 @@ def test_load_gives_a_model_that_classifies(tiny_export, reference, tmp_path):
     m = xe.load(tiny_export.folder, backend="openvino")      # no device: the CPU, even on a GPU machine
     assert m.backend == "openvino" and m.kind == "export" and m.device.type == "cpu"
     assert m.backend_note == "openvino (fp32)" and isinstance(m.net, OvNet)
-    paths = [write_index_video(tmp_path / "a.mp4", 20, codec="h264", size=(64, 48)),
-             write_index_video(tmp_path / "b.webm", 9, codec="vp9", size=(48, 64))]
-    got = m.classify(paths + [str(tmp_path / "missing.mp4")], LABELS, topk=3)
-    want = reference.classify(paths, LABELS, topk=3)
-    for g, w in zip(got, want):
-        assert [lab for lab, _ in g.top] == [lab for lab, _ in w.top]
-        assert max(abs(a - b) for (_, a), (_, b) in zip(g.top, w.top)) < 1e-4
-    assert got[2].error and "missing.mp4" in got[2].error
+    assert_classifies_like(m, reference, tmp_path, LABELS)
 
 
 def test_auto_lists_openvino_and_takes_a_verified_path(tiny_export, tmp_path, monkeypatch):

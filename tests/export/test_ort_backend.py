@@ -5,8 +5,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_close
-from video_factory import write_index_video
+from helpers import assert_classifies_like, assert_close
 
 import xclip_engine as xe
 from xclip_engine.export.runtime import load_runtime
@@ -41,14 +40,7 @@ def test_token_ids_of_any_padding(ort_model, reference):
 
 
 def test_classify_video_files(ort_model, reference, tmp_path):
-    paths = [write_index_video(tmp_path / "a.mp4", 20, codec="h264", size=(64, 48)),
-             write_index_video(tmp_path / "b.webm", 9, codec="vp9", size=(48, 64))]
-    got = ort_model.classify(paths + [str(tmp_path / "missing.mp4")], LABELS, topk=3)
-    want = reference.classify(paths, LABELS, topk=3)
-    for g, w in zip(got, want):
-        assert [lab for lab, _ in g.top] == [lab for lab, _ in w.top]
-        assert max(abs(a - b) for (_, a), (_, b) in zip(g.top, w.top)) < 1e-4
-    assert got[2].error and "missing.mp4" in got[2].error
+    assert_classifies_like(ort_model, reference, tmp_path, LABELS)
 
 
 def test_fusions_applied_and_checked(ort_model):
