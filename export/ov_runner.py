@@ -6,8 +6,9 @@ The same graphs as ONNX Runtime's (ort_runner.py), compiled by OpenVINO for the 
           avx512_bf16 OpenVINO's default is bf16, which would make "fp32" a bf16 path)
     bf16  the fp32 graph, inference precision bf16: OpenVINO runs its matmuls and convolutions in
           bf16. Only where OpenVINO lists BF16 among the CPU's optimization capabilities.
-    int8  the int8 graph (video.int8.onnx, text.int8.onnx), with bf16 for what is not quantized
-          where the CPU has it, else f32
+    int8  the int8 graphs (video.int8.onnx: static int8, export/quantize.py; X-CLIP's text entry
+          names the fp32 text graph), with bf16 for what is not quantized where the CPU has it,
+          else f32
 
 As in ort_runner.GraphSession, a graph's content is checked against the manifest's sha256 before
 OpenVINO reads it. Compiled graphs are cached by OpenVINO itself in DIR/cache/openvino (when the
