@@ -3,7 +3,8 @@
 Steps: load the model (any source `xe.load` reads); export its graphs with torch.onnx.export (the
 torch.export-based exporter, opset 18) from the one model definition switched to the export ops
 (graphs.py): X-CLIP's text and video graphs (dynamic B, K and token length), EVL's one video graph
-(dynamic B); `onnx.checker` each file; add the fp16 and int8 variants asked for (precision.py);
+(dynamic B); `onnx.checker` each file; add the fp16 (precision.py) and static int8 (quantize.py)
+variants asked for;
 write the tokenizer vocabulary (X-CLIP) and the manifest (manifest.py) last; run every precision in
 ONNX Runtime against the reference (checks.py) and print the table; with `tensorrt`, build the
 engines (trt_runner.py), which needs a GPU.
@@ -276,7 +277,7 @@ def _write_int8(out: str, model, entries: dict, labels, tokenizer, calibrate, cl
     import time
 
     from .calibration import DEFAULT_CLIPS, calibration_pixels, video_feeds
-    from .quantize import layers_kept_in_float, quantize_static_int8
+    from .quantize import QUANTIZED_OPS, layers_kept_in_float, quantize_static_int8
 
     t0 = time.perf_counter()
     if torch.is_tensor(calibrate):
@@ -287,10 +288,14 @@ def _write_int8(out: str, model, entries: dict, labels, tokenizer, calibrate, cl
         source = f"{len(pixels)} clips from {calibrate}" if calibrate is not None else f"{len(pixels)} built-in clips"
     feeds = video_feeds(model, pixels, labels, tokenizer)
     src = os.path.join(out, "video.fp32.onnx")
-    keep = layers_kept_in_float(onnx.load(src, load_external_data=False))
-    echo(f"quantizing the video graph to int8 ({len(keep)} attention / message matmuls stay float) ...")
+    graph = onnx.load(src)
+    keep = layers_kept_in_float(graph)
+    total = sum(n.op_type in QUANTIZED_OPS for n in graph.graph.node)
+    del graph
+    echo(f"quantizing the video graph to int8 ({total - len(keep)} matmuls / convs; {len(keep)} stay float) ...")
     dst = os.path.join(out, "video.int8.onnx")
     info = quantize_static_int8(src, dst, feeds, keep)
+    info.update(quantized=total - len(keep), kept_float=len(keep))
     onnx.checker.check_model(dst)
     entries["video"]["int8"] = file_entry(out, os.path.basename(dst))
     if "text" in entries:
