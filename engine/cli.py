@@ -341,8 +341,11 @@ def infer_cmd(ctx, inputs, model_src, arch, backbone, labels_text, labels_file, 
               help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a private Ray.")
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1),
               help="CPUs the private Ray may schedule (default: this machine's).")
+@click.option("--ingress", default="auto", show_default=True, type=click.Choice(["auto", "direct", "proxy"]),
+              help="Where requests enter: direct (the replica listens on --port itself; a private Ray with one "
+                   "replica), proxy (Ray Serve's HTTP proxy forwards to the replicas); auto: direct when it can.")
 def serve_cmd(model_src, backbone, labels_text, labels_file, host, port, replicas, max_batch, batch_wait_ms,
-              max_upload_mb, max_queue, decode_timeout, ray_address, num_cpus):
+              max_upload_mb, max_queue, decode_timeout, ray_address, num_cpus, ingress):
     """Serve the model over HTTP (Ray Serve, FastAPI): POST /v1/classify, /v1/embed; GET /healthz,
     /v1/models, /docs. Blocks until Ctrl-C / SIGTERM, then drains in-flight requests.
     XCLIP_ENGINE_API_KEY set: every request but /healthz needs `Authorization: Bearer <key>`."""
@@ -360,7 +363,7 @@ def serve_cmd(model_src, backbone, labels_text, labels_file, host, port, replica
     sys.exit(run_server(model_src, labels, host=host, port=port, replicas=replicas, max_batch=max_batch,
                         batch_wait_ms=batch_wait_ms, max_upload_mb=max_upload_mb, ray_address=ray_address,
                         max_queue=max_queue, decode_timeout_s=decode_timeout, num_cpus=num_cpus, backbone=backbone,
-                        labels_from=labels_from))
+                        labels_from=labels_from, ingress=ingress))
 
 
 def _register_commands():

@@ -185,6 +185,48 @@ def test_slow_decode_is_408_and_its_file_still_removed(fake, monkeypatch):
     time.sleep(0.8)   # the decode thread finishes and removes its file (the fixture checks the folder)
 
 
+def test_ingress_mode_rules():
+    from xclip_engine.engine.serve.server import ingress_mode
+
+    assert ingress_mode("auto", None, 1) == "direct"
+    assert ingress_mode("auto", None, 2) == "proxy" and ingress_mode("auto", "auto", 1) == "proxy"
+    assert ingress_mode("proxy", None, 1) == "proxy" and ingress_mode("direct", None, 1) == "direct"
+    for address, replicas in ((None, 2), ("ray://head:10001", 1)):
+        with pytest.raises(ValueError, match="--ingress direct needs"):
+            ingress_mode("direct", address, replicas)
+
+
+def test_serve_direct_ingress_with_replicas_is_a_usage_error():
+    pytest.importorskip("ray.serve")
+    r = subprocess.run([sys.executable, "-m", "xclip_engine.engine.cli", "serve", "--ingress", "direct",
+                        "--replicas", "2", "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--ingress direct needs" in r.stderr
+
+
+def test_model_gate_holds_requests_while_a_batch_is_in_the_model():
+    import asyncio
+
+    pytest.importorskip("ray.serve")
+    from xclip_engine.engine.serve.deployment import ModelGate
+
+    async def run():
+        gate, passed = ModelGate(), []
+
+        async def request(i):
+            await gate.wait_free()
+            passed.append(i)
+
+        await request(0)                       # the model idle: passes at once
+        with gate:                             # a batch in the model
+            waiting = [asyncio.create_task(request(i)) for i in (1, 2, 3)]
+            await asyncio.sleep(0.05)
+            assert passed == [0]               # held while the model is busy
+        await asyncio.wait_for(asyncio.gather(*waiting), 5)
+        assert sorted(passed) == [0, 1, 2, 3]  # all let in together when it is free
+
+    asyncio.run(run())
+
+
 def test_serve_without_the_extra_says_how_to_install(monkeypatch):
     from click.testing import CliRunner
 
@@ -236,8 +278,8 @@ def kill_group(proc):
     proc.wait(60)
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(*args):
+    """`xclip-engine serve` as a subprocess on a free loopback port, ready (/healthz 200) or failed."""
     pytest.importorskip("ray.serve")
     port = free_port()
     work = tempfile.mkdtemp(prefix="xs-")           # short: Ray's socket paths live under RAY_TMPDIR
@@ -248,7 +290,7 @@ def server():
                RAY_USAGE_STATS_ENABLED="0")
     log = open(os.path.join(work, "server.log"), "w+")
     proc = subprocess.Popen([sys.executable, "-m", "xclip_engine.engine.cli", "serve", "--port", str(port),
-                             "--num-cpus", "2", "--max-batch", "8", "--batch-wait-ms", "20"],
+                             "--num-cpus", "2", *args],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -263,10 +305,33 @@ def server():
         except OSError:
             pass
         time.sleep(0.5)
-    yield {"base": base, "proc": proc, "uploads": uploads, "log": log}
-    kill_group(proc)   # also Ray's processes, were the server killed rather than stopped
-    log.close()
-    shutil.rmtree(work, ignore_errors=True)
+    return {"base": base, "proc": proc, "uploads": uploads, "log": log, "work": work}
+
+
+def stop_server(server):
+    kill_group(server["proc"])   # also Ray's processes, were the server killed rather than stopped
+    server["log"].close()
+    shutil.rmtree(server["work"], ignore_errors=True)
+
+
+def logged(server, text: str, timeout: float = 30) -> bool:
+    """Whether the server's output shows `text` within `timeout` s (its "serving on" line comes a
+    moment after /healthz first answers 200: the command polls the replica every 0.5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(server["log"].name) as f:
+            if text in f.read():
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = start_server("--max-batch", "8", "--batch-wait-ms", "20")   # one replica: direct ingress
+    yield s
+    stop_server(s)
 
 
 def classify(server, file_bytes, auth=True, path="/v1/classify", **fields):
@@ -283,6 +348,11 @@ def test_server_concurrent_clients_get_each_clips_class(server):
         assert status == 200, body
         assert body["top"][0]["label"] == label_of(path) and len(body["top"]) == 3
         assert body["model"] and body["backend"] and body["elapsed_ms"] > 0
+    # batched together: 12 uploads at once, one decode thread, a 20 ms batch wait -> fewer model calls
+    status, _, body = request(server["base"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    m = body["models"][0]
+    assert status == 200 and m["requests_batched"] >= len(jobs) and m["batches"] < m["requests_batched"], m
+    assert logged(server, "direct ingress")   # the one replica listens on the port itself
 
 
 def test_server_labels_field_embed_models_docs(server):
@@ -325,4 +395,18 @@ def test_server_sigint_drains_in_flight_request_and_exits_0(server):
     assert out["answer"][0] == 200 and out["answer"][2]["top"][0]["label"] == label_of(EXAMPLES[3])
     assert server["proc"].wait(120) == 0
     assert os.listdir(server["uploads"]) == []   # no temporary file left behind
+
+
+def test_server_through_ray_serves_proxy():
+    """--ingress proxy (what more replicas or a cluster use): Ray Serve's HTTP proxy forwards to the replica."""
+    s = start_server("--ingress", "proxy")
+    try:
+        status, _, body = classify(s, clip_bytes(4))
+        assert status == 200 and body["top"][0]["label"] == label_of(EXAMPLES[4])
+        assert classify(s, b"not a video" * 50)[0] == 422
+        assert logged(s, "proxy ingress")
+        s["proc"].send_signal(signal.SIGINT)
+        assert s["proc"].wait(120) == 0
+    finally:
+        stop_server(s)
 
