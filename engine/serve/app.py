@@ -213,6 +213,26 @@ def _field(form, name: str) -> str | None:
     return value
 
 
+class ApiKeyMiddleware:
+    """Every request but /healthz needs the API key when one is set. A plain ASGI middleware: Starlette's
+    @app.middleware("http") runs each request through an extra task and memory streams."""
+
+    def __init__(self, app, get_engine):
+        self.app, self.get_engine = app, get_engine
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] != "/healthz":
+            engine = self.get_engine()
+            key = engine.settings.api_key if engine is not None else os.environ.get(API_KEY_ENV)
+            given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            if not check_api_key(given, key):
+                refusal = JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"},
+                                       status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(get_engine) -> FastAPI:
     """The FastAPI app; `get_engine()` returns the engine of this process (None until it exists)."""
     app = FastAPI(title="xclip-engine", description="X-CLIP and EVL video classification and embeddings over HTTP")
@@ -238,14 +258,7 @@ def create_app(get_engine) -> FastAPI:
     async def _validation_error(request, exc):
         return JSONResponse({"error": str(exc.errors())}, status_code=422)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        engine = get_engine()
-        key = engine.settings.api_key if engine is not None else os.environ.get(API_KEY_ENV)
-        if request.url.path != "/healthz" and not check_api_key(request.headers.get("authorization"), key):
-            return JSONResponse({"error": "missing or wrong API key: send Authorization: Bearer <key>"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    app.add_middleware(ApiKeyMiddleware, get_engine=get_engine)
 
     @app.get("/healthz")
     async def healthz():

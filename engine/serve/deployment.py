@@ -37,9 +37,9 @@ class XclipDeployment:
         self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="xclip-model")   # torch runs here only
         self.model_gate = ModelGate()
         self.batch_counts = [0, 0]   # model calls, requests in them: /v1/models reports the mean batch
-        # Decode threads: the cores the model thread leaves. More steal CPU from the model, which then
-        # bounds the replica: on 2 cores at 16 clients, 4 decode threads gave 85 req/s with the model
-        # thread 93% busy (10.9 ms of wall time per video); 1 thread gave 111 req/s.
+        # Decode threads: the cores the model thread leaves (a 2-core machine: 1). On 2 cores at 16
+        # clients, 1, 2 and 4 threads served the same rate within this machine's noise (78-102 req/s,
+        # two runs each); fewer threads leave the model thread its core and hold fewer clips in memory.
         self.decode_pool = ThreadPoolExecutor(decode_workers or max(1, min(8, (os.cpu_count() or 2) - 1)),
                                               thread_name_prefix="xclip-decode")
         set_engine(self)
