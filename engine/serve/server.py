@@ -118,7 +118,11 @@ def run_server(model_src: str | None, labels: list[str] | None, host: str = "127
             # Serve's own limits sit above the app's admission count, so a full replica answers the
             # app's 503 with Retry-After; Serve's queue only catches what the proxy holds back.
             max_ongoing_requests=max_queue + 8, max_queued_requests=max(16, 2 * max_queue * replicas),
-            ray_actor_options={"num_cpus": 1 if ray_address else min(1, cpus / replicas)})
+            # Ray sets a replica's OMP_NUM_THREADS (torch's threads) to its num_cpus: on a private Ray the
+            # replicas share this machine's cores (one replica: all of them; at B/32 on 2 cores, 1 CPU
+            # held the server to 2.2 req/s, 57% of xe.infer); on a cluster each takes 1 CPU of its node
+            ray_actor_options={"num_cpus": 1 if ray_address else max(1, cpus // replicas) if cpus >= replicas
+                               else cpus / replicas})
         # a private Ray: the replicas share this machine's cores (a cluster's replicas count their node's own)
         decode_workers = None if ray_address else max(1, min(8, cpus // replicas - 1))
         app = deployment.bind(model_src, settings, max_batch, batch_wait_ms / 1000.0, decode_workers=decode_workers,
