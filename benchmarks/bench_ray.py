@@ -14,7 +14,9 @@ In one run, on the same generated clips (H.264; `--distinct` encodes, the rest h
 - the model stage per actor: videos / model seconds summed over the actors' batches (their trace,
   XCLIP_ENGINE_RAY_TRACE), at the same batch size as the plain run;
 - decode: clips/s on one core (one thread, `decode_video` one clip after the other, the decode
-  stage's own work per task).
+  stage's own work per task);
+- Ray Data's floor: the same number of rows through the same two stages doing no work (a task stage,
+  then one actor that only imports torch), warm: what no `--ray` run of that many inputs can beat here.
 Default model: the bundled demonstration model (64 px, 8 frames). Backend reference for both runs,
 so that both compute the same numbers (auto may choose another path per process).
 """
@@ -53,6 +55,35 @@ def actor_rate(trace: str) -> tuple[float, int, int]:
                     videos += e["videos"]
                     model_s += e["model_s"]
     return (videos / model_s if model_s else 0.0), videos, len(actors)
+
+
+class _Idle:
+    """The floor's model stage: an actor that imports torch (as a model actor does) and does nothing."""
+
+    def __init__(self):
+        import torch  # noqa: F401
+
+    def __call__(self, batch):
+        return batch
+
+
+def ray_floor(n: int, batch_size: int, workers: int, read_args: dict) -> float:
+    """Seconds for Ray Data to push n rows through the run's two stages doing no work (a task stage
+    of `workers` over the run's decode blocks, then one actor that imports torch), on the Ray already
+    running: the pipeline's own cost, below which no --ray run of n inputs can go on this machine."""
+    import ray
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    from xclip_engine.engine.cluster.ray_data import decode_block_size
+
+    block = decode_block_size(n, batch_size, workers, read_args)
+    t0 = time.perf_counter()
+    ds = ray.data.from_items([{"i": i} for i in range(n)], override_num_blocks=max(1, -(-n // block)))
+    ds = ds.map_batches(lambda b: b, batch_size=block, num_cpus=1, compute=TaskPoolStrategy(size=workers))
+    ds = ds.map_batches(_Idle, batch_size=batch_size, compute=ActorPoolStrategy(min_size=1, max_size=1), num_cpus=1)
+    rows = sum(len(b["i"]) for b in ds.iter_batches(batch_size=None))
+    assert rows == n, (rows, n)
+    return time.perf_counter() - t0
 
 
 def decode_rate(paths, model, n: int) -> float:
@@ -111,10 +142,12 @@ def main():
             os.remove(name)
         try:
             warm_s, warm_rows, _ = timed_run(folder, labels, **ray_kw)
+            model = xe.load(a.model, backend="reference")
+            floor_s = ray_floor(a.clips, a.batch_size, a.workers,
+                                dict(num_frames=model.num_frames, size=model.image_size, views="1x1"))
         finally:
             ray.shutdown()
         actor_vps, actor_videos, actors = actor_rate(trace)
-        model = xe.load(a.model, backend="reference")
         decode_cps = decode_rate(paths, model, min(40, len(paths)))
 
     same = cold_rows == plain_rows and warm_rows == plain_rows and plain[1][1] == plain[threads][1]
@@ -130,6 +163,8 @@ def main():
           f"{cold_s / plain_s:.2f} (starts Ray)")
     print(f"--ray local warm:           {warm_s:7.2f} s  ({a.clips / warm_s:6.1f} videos/s)  ratio "
           f"{warm_s / plain_s:.2f} (Ray started before, ray.init took {init_s:.1f} s)")
+    print(f"Ray Data's floor:           {floor_s:7.2f} s  ratio {floor_s / plain_s:.2f} (warm; the same stages doing "
+          "no work, the actor importing torch)")
     print(f"model stage:                ray {actor_vps:7.1f} videos/s per actor ({actor_videos} videos, {actors} "
           "actor(s), 1 CPU each)")
     print(f"decode:                     {decode_cps:7.1f} clips/s per core (one thread, decode_video)")

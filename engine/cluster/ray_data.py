@@ -26,7 +26,20 @@ import os
 
 from .stages import ScoreActor, TimelineActor, decode_batch, write_part
 
-MAX_BLOCKS = 2000   # input blocks: one per batch up to this many, then larger blocks (split into batches)
+MAX_BLOCKS = 2000   # input blocks: at most this many (more inputs: larger blocks, split into batches)
+# A decode task decodes one block of up to this many model batches' worth of clips, and of at most
+# DECODE_BLOCK_BYTES of decoded pixels. Ray Data pays about 15-20 ms per task and block on a 2-core
+# machine: 2,000 rows of 393 KB clips through the two stages doing no work took 8.9 s in blocks of 8
+# and 4.1 s in blocks of 32 (benchmarks/bench_ray.py measures this floor).
+DECODE_BLOCK_BATCHES = 4
+DECODE_BLOCK_BYTES = 64 * 2**20
+# Where the model runs on CPUs, each model actor holds a CPU that it keeps busy only part of the time
+# (the bundled model scores about 190 videos/s per actor, decoding gives about 140 clips/s per core),
+# so a decode task asks for half a CPU: --workers decoders then run beside the actors, as the plain
+# run's decode threads run beside its model thread. 2,000 clips on 2 cores, warm: 28.7 s with a whole
+# CPU per decode task (one decoder beside the actor), 19.9 s with half (two). With GPUs the actors
+# hold GPUs, and a decode task has a whole CPU.
+CPU_DECODE_CPUS = 0.5
 # MIN > 1 of --ray-actors is a promise: the run starts once MIN actors are up (their model loaded), so
 # that the work is spread over them from the first batch, and a cluster that cannot hold them fails
 # the run after this long, saying so. With MIN 1 nothing waits: the decode tasks start while the one
@@ -106,18 +119,35 @@ def ray_rows(todo: list[str], known: dict, *, address: str, source, backend: str
                                f"(first: {next(p for i, p in enumerate(todo) if i not in done)})")
 
 
+def decode_block_size(n: int, batch_size: int, workers: int, read_args: dict) -> int:
+    """Clips per decode task (and input block): up to DECODE_BLOCK_BATCHES model batches and
+    DECODE_BLOCK_BYTES of decoded clips, yet at least 4 blocks per decode worker (work to balance
+    across them and little to redo when one dies); at least one batch where the bytes allow."""
+    from ..video.preprocessing import parse_views
+
+    clips, crops = parse_views(read_args.get("views") or "1x1")
+    size, frames = read_args.get("size") or 224, read_args.get("num_frames") or 8
+    spec = read_args.get("preprocessing")
+    if isinstance(spec, dict):   # EVL: the spec dict states its own frames and crop size
+        size, frames = spec.get("crop") or size, spec.get("num_frames") or frames
+    by_bytes = max(1, DECODE_BLOCK_BYTES // (clips * crops * frames * 3 * size * size * 4))
+    spread = math.ceil(n / (4 * max(1, workers)))
+    return max(1, min(by_bytes, max(min(batch_size, spread), min(DECODE_BLOCK_BATCHES * batch_size, spread))))
+
+
 def _dataset(ray, items, *, batch_size, workers, window, read_args, actors, gpus, cwd, folder, fmt, common,
              timeline):
     """The stages over the todo list (see the module docstring)."""
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    ds = ray.data.from_items(items, override_num_blocks=min(MAX_BLOCKS, math.ceil(len(items) / batch_size)))
+    block = decode_block_size(len(items), batch_size, workers, read_args) if window is None else batch_size
+    ds = ray.data.from_items(items, override_num_blocks=min(MAX_BLOCKS, math.ceil(len(items) / block)))
     # a GPU per model actor where the cluster has GPUs, else a CPU; Ray Data spreads the actors over
     # the nodes (its default scheduling strategy, SPREAD)
     where = dict(num_gpus=1) if gpus else dict(num_cpus=1)
     pool = ActorPoolStrategy(min_size=actors[0], max_size=actors[1])
     if window is None:
-        ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=batch_size, num_cpus=1,
+        ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=block, num_cpus=1 if gpus else CPU_DECODE_CPUS,
                             compute=TaskPoolStrategy(size=workers), fn_kwargs=dict(read_args=read_args, cwd=cwd))
         ds = ds.map_batches(ScoreActor, batch_format="pyarrow", batch_size=batch_size, compute=pool,
                             fn_constructor_kwargs=common, **where)

@@ -28,3 +28,18 @@ def test_ray_actors_are_checked(tmp_path):
     assert r.exit_code == 2 and "--ray ADDRESS" in r.output
     r = CliRunner().invoke(main, ["infer", str(tmp_path), "--format", "parquet", "-o", str(tmp_path / "o")])
     assert r.exit_code == 2 and "--ray" in r.output
+
+
+def test_decode_blocks_are_few_but_spread_and_bounded_in_bytes():
+    from xclip_engine.engine.cluster.ray_data import DECODE_BLOCK_BYTES, decode_block_size
+    from xclip_engine.engine.video.preprocessing import evl_preprocessing
+
+    small = dict(num_frames=8, size=64, views="1x1")           # 393 KB a clip
+    assert decode_block_size(2000, 8, 2, small) == 32           # 4 batches a task: Ray's cost per task paid less often
+    assert decode_block_size(200, 8, 2, small) == 25            # still 4 blocks per decode worker
+    assert decode_block_size(10, 8, 2, small) == 2              # a tiny run: spread over the workers
+    b32 = dict(num_frames=8, size=224, views="1x1")             # 4.8 MB a clip
+    assert decode_block_size(10**6, 8, 64, b32) == DECODE_BLOCK_BYTES // (8 * 3 * 224 * 224 * 4)
+    assert decode_block_size(10**6, 8, 64, dict(b32, views="4x3")) == 1   # 58 MB a clip: one per task
+    evl = dict(views="3x1", preprocessing=evl_preprocessing(8, 16))        # 3 views of 8 x 224 px
+    assert decode_block_size(10**6, 16, 8, evl) == DECODE_BLOCK_BYTES // (3 * 8 * 3 * 224 * 224 * 4)
