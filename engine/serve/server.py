@@ -56,7 +56,10 @@ def direct_ingress_env(port: int) -> dict:
     return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_LOG_TO_STDERR": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+            # a freed port is otherwise held back 150 s (for a load balancer's stale entries): a replica
+            # that Serve restarts after a crash would find its one port quarantined and fail to start
+            "RAY_SERVE_PORT_QUARANTINE_S": "0"}
 
 
 def _say(msg: str) -> None:
