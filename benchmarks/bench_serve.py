@@ -232,7 +232,8 @@ def main():
     try:
         bodies = [body_of(p) for p in EXAMPLES]
         load_level(base, bodies, 4, 16, 10)   # warm-up
-        print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10}")
+        print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'mean batch':>10}")
         levels = {}
         for c in (int(x) for x in args.clients.split(",")):
             cpu0, b0 = tree_cpu_s(proc.pid), batching(base)
@@ -244,7 +245,8 @@ def main():
             per = {k: (cpu1[k] - cpu0.get(k, 0.0)) * 1e3 / n for k in cpu1}
             split = ", ".join(f"{k} {v:.1f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v >= 0.05)
             print(f"{r['clients']:7d} {r['requests']:8d} {r['errors']:6d} {r['req_per_s']:7.1f} {r['p50_ms']:8.1f} "
-                  f"{r['p99_ms']:8.1f} {mean_batch:10.2f}   CPU ms/request {sum(per.values()):.1f}: {split}", flush=True)
+                  f"{r['p99_ms']:8.1f} {mean_batch:10.2f}   CPU ms/request {sum(per.values()):.1f}: {split}",
+                  flush=True)
         rep0, tot0 = tree_rss_mb(proc.pid)
         r = load_level(base, bodies, 8, args.rss_requests, 120)
         rep1, tot1 = tree_rss_mb(proc.pid)

@@ -147,8 +147,9 @@ def _dataset(ray, items, *, batch_size, workers, window, read_args, actors, gpus
     where = dict(num_gpus=1) if gpus else dict(num_cpus=1)
     pool = ActorPoolStrategy(min_size=actors[0], max_size=actors[1])
     if window is None:
-        ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=block, num_cpus=1 if gpus else CPU_DECODE_CPUS,
-                            compute=TaskPoolStrategy(size=workers), fn_kwargs=dict(read_args=read_args, cwd=cwd))
+        ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=block,
+                            num_cpus=1 if gpus else CPU_DECODE_CPUS, compute=TaskPoolStrategy(size=workers),
+                            fn_kwargs=dict(read_args=read_args, cwd=cwd))
         ds = ds.map_batches(ScoreActor, batch_format="pyarrow", batch_size=batch_size, compute=pool,
                             fn_constructor_kwargs=common, **where)
     else:   # each actor decodes and classifies the windows of its videos, as the plain run does

@@ -32,7 +32,6 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-
 def ingress_mode(ingress: str, ray_address: str | None, replicas: int) -> str:
     """Where requests enter: "direct" (the one replica listens on host:port itself) or "proxy" (Ray
     Serve's HTTP proxy listens and forwards each request to a replica by a Ray call). auto: direct
@@ -48,8 +47,9 @@ def ingress_mode(ingress: str, ray_address: str | None, replicas: int) -> str:
 def direct_ingress_env(port: int) -> dict:
     """Ray Serve's throughput-optimized mode (Ray's "high throughput" guide): the ingress replica runs
     its own HTTP server, so a request skips the proxy's HTTP parsing and the proxy-to-replica Ray call
-    (measured on 2 cores, one client: 39 ms of CPU per request through the proxy, 21-22 direct). Serve gives direct-ingress replicas a
-    port from a range: [port, port + 1) hands the one replica the user's port. No load balancer sits in
+    (measured on 2 cores, one client: 39 ms of CPU per request through the proxy, 21-22 direct).
+    Serve gives direct-ingress replicas a port from a range: [port, port + 1) hands the one replica
+    the user's port. No load balancer sits in
     front, so a stopping replica needs no deregistration window: it drains its in-flight requests only.
     The mode would also send the replica's prints and stderr into Serve's log files at INFO, below our
     WARNING level: its "replica ready" line and a failed load's traceback would vanish; they stay on stderr."""
@@ -124,8 +124,8 @@ def run_server(model_src: str | None, labels: list[str] | None, host: str = "127
             # Ray sets a replica's OMP_NUM_THREADS (torch's threads) to its num_cpus: on a private Ray the
             # replicas share this machine's cores (one replica: all of them; at B/32 on 2 cores, 1 CPU
             # held the server to 2.2 req/s, 57% of xe.infer); on a cluster each takes 1 CPU of its node
-            ray_actor_options={"num_cpus": 1 if ray_address else max(1, cpus // replicas) if cpus >= replicas
-                               else cpus / replicas})
+            ray_actor_options={"num_cpus": 1 if ray_address else (max(1, cpus // replicas) if cpus >= replicas
+                                                                   else cpus / replicas)})
         # a private Ray: the replicas share this machine's cores (a cluster's replicas count their node's own)
         decode_workers = None if ray_address else max(1, min(8, cpus // replicas - 1))
         app = deployment.bind(model_src, settings, max_batch, batch_wait_ms / 1000.0, decode_workers=decode_workers,
@@ -145,8 +145,8 @@ def run_server(model_src: str | None, labels: list[str] | None, host: str = "127
                 return 1
             stop.wait(0.5)
         if not stop.is_set():
-            _say(f"serving on http://{host}:{port} ({replicas} replica(s), {mode} ingress, max batch {max_batch}, wait "
-                 f"{batch_wait_ms:g} ms; API docs at /docs{'; API key required' if settings.api_key else ''})")
+            _say(f"serving on http://{host}:{port} ({replicas} replica(s), {mode} ingress, max batch {max_batch}, "
+                 f"wait {batch_wait_ms:g} ms; API docs at /docs{'; API key required' if settings.api_key else ''})")
         while not stop.wait(0.5):
             pass
         _say("stopping: draining in-flight requests")
