@@ -32,16 +32,48 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def ingress_mode(ingress: str, ray_address: str | None, replicas: int) -> str:
+DIRECT_INGRESS_RAY = (2, 56)   # the first Ray whose Serve has the throughput-optimized mode
+
+
+def ingress_mode(ingress: str, ray_address: str | None, replicas: int, ray_version: str | None = None) -> str:
     """Where requests enter: "direct" (the one replica listens on host:port itself) or "proxy" (Ray
     Serve's HTTP proxy listens and forwards each request to a replica by a Ray call). auto: direct
-    with a private Ray and one replica, else proxy. Raises ValueError for a direct that cannot be."""
+    with a private Ray, one replica and a Ray that has the mode, else proxy. Raises ValueError for a
+    direct that cannot be. `ray_version`: the installed Ray's (default: read it)."""
+    if ray_version is None:
+        import ray
+
+        ray_version = ray.__version__
+    recent = tuple(int(p) for p in ray_version.split(".")[:2] if p.isdigit()) >= DIRECT_INGRESS_RAY
+    possible = ray_address is None and replicas == 1 and recent
     if ingress == "auto":
-        return "direct" if ray_address is None and replicas == 1 else "proxy"
-    if ingress == "direct" and (ray_address is not None or replicas != 1):
+        return "direct" if possible else "proxy"
+    if ingress == "direct" and not possible:
+        if not recent:
+            raise ValueError(f"--ingress direct needs Ray {'.'.join(map(str, DIRECT_INGRESS_RAY))} or later (this "
+                             f"is {ray_version}): `pip install -U 'ray[serve]'`, or use --ingress proxy")
         raise ValueError("--ingress direct needs a private Ray (no --ray) and --replicas 1: with more replicas "
                          "something must spread requests over them, which is Ray Serve's proxy (--ingress proxy)")
     return ingress
+
+
+def answers(host: str, port: int, timeout_s: float) -> bool:
+    """Whether host:port answers GET /healthz with 200 within timeout_s (0.0.0.0 / :: asked on loopback)."""
+    import urllib.request
+
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://{f'[{target}]' if ':' in target else target}:{port}/healthz"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
 
 
 def direct_ingress_env(port: int) -> dict:
@@ -144,6 +176,11 @@ def run_server(model_src: str | None, labels: list[str] | None, host: str = "127
                 _say(f"the model did not load within {ready_timeout_s:g} s")
                 return 1
             stop.wait(0.5)
+        if not stop.is_set() and mode == "direct" and not answers(host, port, 30):
+            # the replica is ready but nothing answers on the port: Serve did not take the mode
+            _say(f"the model is loaded but nothing answers on {host}:{port} (Ray Serve's direct ingress did not "
+                 "start); run again with --ingress proxy")
+            return 1
         if not stop.is_set():
             _say(f"serving on http://{host}:{port} ({replicas} replica(s), {mode} ingress, max batch {max_batch}, "
                  f"wait {batch_wait_ms:g} ms; API docs at /docs{'; API key required' if settings.api_key else ''})")

@@ -188,12 +188,22 @@ def test_slow_decode_is_408_and_its_file_still_removed(fake, monkeypatch):
 def test_ingress_mode_rules():
     from xclip_engine.engine.serve.server import ingress_mode
 
-    assert ingress_mode("auto", None, 1) == "direct"
-    assert ingress_mode("auto", None, 2) == "proxy" and ingress_mode("auto", "auto", 1) == "proxy"
-    assert ingress_mode("proxy", None, 1) == "proxy" and ingress_mode("direct", None, 1) == "direct"
+    assert ingress_mode("auto", None, 1, "2.60.0") == "direct"
+    assert ingress_mode("auto", None, 2, "2.60.0") == "proxy" and ingress_mode("auto", "auto", 1, "2.60.0") == "proxy"
+    assert ingress_mode("auto", None, 1, "2.40.1") == "proxy"   # a Ray without Serve's throughput-optimized mode
+    assert ingress_mode("proxy", None, 1, "2.60.0") == "proxy" and ingress_mode("direct", None, 1, "3.0.0") == "direct"
     for address, replicas in ((None, 2), ("ray://head:10001", 1)):
-        with pytest.raises(ValueError, match="--ingress direct needs"):
-            ingress_mode("direct", address, replicas)
+        with pytest.raises(ValueError, match="--ingress direct needs a private Ray"):
+            ingress_mode("direct", address, replicas, "2.60.0")
+    with pytest.raises(ValueError, match="needs Ray 2.56 or later"):
+        ingress_mode("direct", None, 1, "2.50.0")
+
+
+def test_answers_is_false_where_nothing_listens():
+    from xclip_engine.engine.serve.server import answers
+
+    t0 = time.monotonic()
+    assert answers("127.0.0.1", free_port(), 0.5) is False and time.monotonic() - t0 < 10
 
 
 def test_serve_direct_ingress_with_replicas_is_a_usage_error():
