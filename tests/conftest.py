@@ -10,6 +10,28 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+
+def _import_the_hub_kernels_package():
+    """transformers (5.25 on) imports the Hugging Face `kernels` package when it is installed (it is
+    one of its requirements), by that top-level name. `python -m pytest` from the project root puts
+    the root first on sys.path, where our own kernels/ folder (xclip_engine.kernels) would answer the
+    import instead and break every transformers model. Import the installed one first, from
+    site-packages only; ours is always reached as xclip_engine.kernels and is unaffected."""
+    import importlib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
+    try:
+        importlib.import_module("kernels")
+    except ImportError:   # not installed: transformers does not ask for it either
+        pass
+    finally:
+        sys.path[:] = saved
+
+
+_import_the_hub_kernels_package()
+
 # backend "auto" keeps its measured verdicts in a per-user cache: the tests (and the commands they
 # start, which inherit the environment) use a private one, so they neither read nor change the user's
 if "XCLIP_ENGINE_CACHE" not in os.environ:
