@@ -157,8 +157,21 @@ def frame_matrix(frame):
     return None
 
 
+# libswscale's conversion on one thread. PyAV 18 converts on a pool of slice threads by default
+# (threads=0, "auto"), and a process forked after a conversion (a DataLoader worker, a
+# multiprocessing pool) inherits the pool's state without its threads: its first conversion waits
+# for them forever (seen in CI: evaluation's DataLoader workers hung in sws_scale_frame). Our
+# decoders already run one clip per thread or process; older PyAV has no `threads` (always one).
+_SWS_ONE_THREAD = {"threads": 1}
+
+
 def _to_rgb(frame) -> np.ndarray:
-    return apply_display_matrix(frame.to_ndarray(format="rgb24"), frame_matrix(frame))
+    try:
+        rgb = frame.to_ndarray(format="rgb24", **_SWS_ONE_THREAD)
+    except TypeError:   # PyAV before `threads`: single-threaded already
+        _SWS_ONE_THREAD.clear()
+        rgb = frame.to_ndarray(format="rgb24")
+    return apply_display_matrix(rgb, frame_matrix(frame))
 
 
 class VideoFile:
