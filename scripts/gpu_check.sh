@@ -66,7 +66,13 @@ if ! command -v "$PY" >/dev/null 2>&1; then
   echo "gpu_check: no $PY: run bash scripts/setup.sh dev first (or set XCLIP_PYTHON)" >&2
   exit 2
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # xclip_engine from this checkout, installed or not
+# xclip_engine from this checkout, installed or not: through a folder that holds only a link to it.
+# The checkout itself on PYTHONPATH would put our kernels/ where transformers (5.25 on) imports the
+# Hugging Face `kernels` package by that top-level name, and break every transformers model here.
+SHIM=$(mktemp -d)
+trap 'rm -rf "$SHIM"' EXIT
+ln -s "$PWD/xclip_engine" "$SHIM/xclip_engine"
+export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 
 GPU_TESTS=(tests/export/test_tensorrt.py tests/export/test_gpu_runners.py tests/video/test_dali_checks.py
            tests/video/test_dali_pipeline.py tests/parity/test_triton_backend.py)

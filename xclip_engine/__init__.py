@@ -11,7 +11,8 @@ import os as _os
 # In a source checkout the subpackages sit beside this folder (engine/, kernels/, ...), not
 # inside it; setup.py maps them with package_dir. Extending __path__ makes a plain checkout on
 # sys.path (e.g. `python -m pytest` from the root) resolve them the same way.
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+# realpath: reached through a link to this folder (scripts/gpu_check.sh), the checkout is the link's target's
+_root = _os.path.dirname(_os.path.dirname(_os.path.realpath(__file__)))
 if _os.path.isfile(_os.path.join(_root, "engine", "__init__.py")) and _root not in __path__:
     __path__.append(_root)
 

@@ -150,7 +150,9 @@ def apply_display_matrix(img: np.ndarray, matrix) -> np.ndarray:
 def frame_matrix(frame):
     # Side data is optional metadata: never fail a decode because of it.
     with contextlib.suppress(Exception):
-        for side in frame.side_data:
+        sides = frame.side_data
+        # PyAV 18: a mapping (iterating it gives the types); before: a sequence of the side data
+        for side in sides.values() if hasattr(sides, "values") else sides:
             if getattr(side.type, "name", str(side.type)).endswith("DISPLAYMATRIX"):
                 m = np.frombuffer(bytes(side), dtype=np.int32)
                 return m if m.size >= 9 else None
