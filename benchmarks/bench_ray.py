@@ -74,12 +74,12 @@ def ray_floor(n: int, batch_size: int, workers: int, read_args: dict) -> float:
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    from xclip_engine.engine.cluster.ray_data import decode_block_size
+    from xclip_engine.engine.cluster.ray_data import CPU_DECODE_CPUS, decode_block_size
 
-    block = decode_block_size(n, batch_size, workers, read_args)
+    block = decode_block_size(n, batch_size, workers, read_args)   # the run's blocks and CPU asks (no GPU here)
     t0 = time.perf_counter()
     ds = ray.data.from_items([{"i": i} for i in range(n)], override_num_blocks=max(1, -(-n // block)))
-    ds = ds.map_batches(lambda b: b, batch_size=block, num_cpus=1, compute=TaskPoolStrategy(size=workers))
+    ds = ds.map_batches(lambda b: b, batch_size=block, num_cpus=CPU_DECODE_CPUS, compute=TaskPoolStrategy(size=workers))
     ds = ds.map_batches(_Idle, batch_size=batch_size, compute=ActorPoolStrategy(min_size=1, max_size=1), num_cpus=1)
     rows = sum(len(b["i"]) for b in ds.iter_batches(batch_size=None))
     assert rows == n, (rows, n)

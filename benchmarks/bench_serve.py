@@ -264,5 +264,6 @@ def main():
         vs_one = f"{rate / one:.2f}x the 1-client rate, " if one and c != 1 else ""
         print(f"{c} client(s): {rate:.1f} req/s = {vs_one}{100 * rate / statistics.median(rates):.0f}% of xe.infer")
 
+
 if __name__ == "__main__":
     main()

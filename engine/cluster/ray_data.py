@@ -34,7 +34,7 @@ MAX_BLOCKS = 2000   # input blocks: at most this many (more inputs: larger block
 DECODE_BLOCK_BATCHES = 4
 DECODE_BLOCK_BYTES = 64 * 2**20
 # Where the model runs on CPUs, each model actor holds a CPU that it keeps busy only part of the time
-# (the bundled model scores about 190 videos/s per actor, decoding gives about 140 clips/s per core),
+# (the bundled model scores 170-190 videos/s per actor, decoding gives 160-200 clips/s per core),
 # so a decode task asks for half a CPU: --workers decoders then run beside the actors, as the plain
 # run's decode threads run beside its model thread. 2,000 clips on 2 cores, warm: 28.7 s with a whole
 # CPU per decode task (one decoder beside the actor), 19.9 s with half (two). With GPUs the actors

@@ -204,7 +204,7 @@ def model_threads(model) -> tuple[int, float]:
     replica's num_cpus) for a heavy model, one for a light one; returns (threads, ms). The measure:
     one video through the model on one thread. Light (under LIGHT_MODEL_MS, about what decoding and
     HTTP take per request on small clips): the decode thread and the event loop need the other cores,
-    and torch's idle threads spin on them; measured on 2 cores, 16 clients, the bundled model (4 ms):
+    and torch's idle threads spin on them; measured on 2 cores, 16 clients, the bundled model (7 ms):
     1 thread served 79-98 req/s, 2 threads 66-69 (26 ms of CPU per request against 13-17). Heavy (B/32,
     about 500 ms): the model is the work; 1 thread held the server to 57% of xe.infer, all cores 87%."""
     import time
